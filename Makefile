@@ -1,0 +1,39 @@
+# The README's two commands: `make run` (whole pipeline, tiny preset, this machine) and
+# `make test` (the test suite). Both create the virtualenv on first use.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip
+PYTEST_ARGS ?=
+ARGS    ?=
+
+.PHONY: install run test test-all compile bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# CPU torch first (the wheel on disk), then DeepSpeed built against it, then the rest.
+	$(PIP) install -q -c constraints.txt torch
+	$(PIP) install -q -c constraints.txt --no-build-isolation deepspeed ninja
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: install
+	$(VENV)/bin/fromscratch run $(ARGS)
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+compile: install
+	$(VENV)/bin/fromscratch compile --preset gpu -o build/gpu-pipeline.yaml
+	$(VENV)/bin/fromscratch compile --preset cluster -o build/cluster-pipeline.yaml
+
+bench: install
+	$(PY) benchmarks/pretrain_throughput.py
+
+clean:
+	rm -rf build fromscratch-runs .pytest_cache

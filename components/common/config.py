@@ -1,0 +1,274 @@
+"""Typed, validated pipeline configuration.
+
+One YAML file per preset lives in ``pipelines/presets``. A preset is loaded, dotted overrides
+(``pretrain.steps=200``) are applied on top, and the result is validated by pydantic with
+``extra="forbid"`` so a typo in a key is an error that names the key instead of a silently
+ignored setting. Every stage receives the same resolved config (as JSON through KFP), so the
+local run and the cluster run read exactly the same values.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "presets"
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the offending key or file."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageConfig(_Strict):
+    """Where everything a run writes lives: an fsspec URI (local path or ``s3://bucket/prefix``)."""
+
+    root: str = "./fromscratch-runs"
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint; AWS_ENDPOINT_URL is used when unset."
+    )
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking. ``uri`` unset means SQLite beside a local storage root."""
+
+    uri: str | None = None
+    experiment: str = "fromscratch"
+    log_model_artifacts: bool = Field(
+        default=True,
+        description="Copy checkpoint files into the MLflow model's artifacts (off for huge models).",
+    )
+
+
+class RayConfig(_Strict):
+    """Ray Train scaling. ``address`` unset starts (or joins, via RAY_ADDRESS) a local Ray."""
+
+    address: str | None = None
+    num_workers: int = Field(default=2, ge=1)
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    use_gpu: bool = False
+    gpus_per_worker: float = Field(default=0.0, ge=0)
+    max_failures: int = Field(default=3, ge=0)
+    torch_threads_per_worker: int | None = Field(default=None, ge=1)
+
+
+class DeepSpeedConfig(_Strict):
+    """The ZeRO settings every training stage hands to DeepSpeed."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 1
+    offload_optimizer: bool = False
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_clipping: float = Field(default=1.0, ge=0)
+
+
+class ModelConfig(_Strict):
+    """A Llama-style decoder; the tokenizer decides the vocabulary size."""
+
+    hidden_size: int = Field(default=128, ge=8)
+    intermediate_size: int = Field(default=384, ge=8)
+    num_layers: int = Field(default=4, ge=1)
+    num_heads: int = Field(default=4, ge=1)
+    num_kv_heads: int = Field(default=4, ge=1)
+    max_seq_len: int = Field(default=256, ge=16)
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    init_std: float = Field(default=0.02, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError("model.hidden_size must be divisible by model.num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("model.num_heads must be divisible by model.num_kv_heads")
+        return self
+
+
+class DataSource(_Strict):
+    """User text: a path/URI (file, folder or glob; local or s3://) or a Hugging Face dataset."""
+
+    uri: str | None = None
+    hf_dataset: str | None = None
+    hf_config: str | None = None
+    hf_split: str = "train"
+    format: Literal["auto", "text", "jsonl"] = "auto"
+    field: str = "text"
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "DataSource":
+        if (self.uri is None) == (self.hf_dataset is None):
+            raise ValueError("a data source needs exactly one of 'uri' or 'hf_dataset'")
+        return self
+
+
+class GeneratedCorpusConfig(_Strict):
+    """The embedded synthetic world: its size decides how much there is to learn."""
+
+    num_people: int = Field(default=40, ge=2)
+    num_train_docs: int = Field(default=6000, ge=1)
+    num_heldout_docs: int = Field(default=300, ge=1)
+
+
+class DataConfig(_Strict):
+    sources: list[DataSource] = Field(
+        default_factory=list, description="User corpora; empty means the generated world."
+    )
+    heldout_fraction: float = Field(
+        default=0.05, gt=0, lt=1, description="Held-out share of user corpora."
+    )
+    generated: GeneratedCorpusConfig = Field(default_factory=GeneratedCorpusConfig)
+    vocab_size: int = Field(default=2048, ge=300)
+    tokenizer_min_frequency: int = Field(default=2, ge=1)
+    shard_blocks: int = Field(default=4096, ge=1, description="Packed blocks per shard file.")
+
+
+class PretrainConfig(_Strict):
+    steps: int = Field(default=300, ge=1)
+    micro_batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    warmup_steps: int = Field(default=20, ge=0)
+    weight_decay: float = Field(default=0.1, ge=0)
+    checkpoint_every: int = Field(default=100, ge=1)
+    log_every: int = Field(default=10, ge=1)
+
+
+class EvaluateConfig(_Strict):
+    max_eval_blocks: int = Field(default=64, ge=1, description="Held-out blocks for perplexity.")
+    batch_size: int = Field(default=16, ge=1)
+    max_new_tokens: int = Field(default=24, ge=1)
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: [
+            "Mira lives in",
+            "The baker",
+            "Three plus four is",
+            "Once upon a time",
+        ]
+    )
+
+
+class PipelineConfig(_Strict):
+    """How the KFP pipeline is built: image and per-task resources."""
+
+    base_image: str = "ghcr.io/fromscratch/fromscratch:latest"
+    name: str = "fromscratch"
+
+
+class Config(_Strict):
+    """The whole run configuration; one instance is resolved per pipeline run."""
+
+    preset: str = "tiny"
+    seed: int = 1234
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        return _validate(json.loads(text), source="config JSON")
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"invalid value for '{key}': {item['msg']}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def _validate(data: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into its key path and a YAML-typed value."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{item}': value is not valid YAML ({err})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply dotted overrides to a raw config mapping; an unknown key is caught by validation."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                joined = ".".join(path[: depth + 1])
+                raise ConfigError(f"override '{item}': '{joined}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def preset_path(name_or_path: str) -> Path:
+    candidate = Path(name_or_path)
+    if candidate.suffix in {".yaml", ".yml"}:
+        if not candidate.is_file():
+            raise ConfigError(f"config file not found: {candidate}")
+        return candidate
+    path = PRESET_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset '{name_or_path}' (known: {', '.join(known)})")
+    return path
+
+
+def load_config(preset: str = "tiny", overrides: list[str] | None = None) -> Config:
+    """Load a preset (name or YAML path), apply dotted overrides, validate."""
+    path = preset_path(preset)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    data.setdefault("preset", path.stem)
+    apply_overrides(data, list(overrides or []))
+    return _validate(data, source=str(path))
+
+
+def split_overrides(text: str) -> list[str]:
+    """Overrides as typed in a KFP UI text box: one per line or separated by ';'."""
+    parts = [p.strip() for chunk in text.splitlines() for p in chunk.split(";")]
+    return [p for p in parts if p]
+
+
+def resolve_stage_config(config_json: str, overrides: str = "") -> Config:
+    """What a KFP component does first: the compiled config plus the UI's overrides."""
+    data = json.loads(config_json)
+    apply_overrides(data, split_overrides(overrides))
+    return _validate(data, source="pipeline parameter config_json")

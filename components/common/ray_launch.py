@@ -1,0 +1,90 @@
+"""Run a training function in Ray Train workers: the one launcher every training stage uses.
+
+Locally it joins the Ray the CLI started for the pipeline run (``RAY_ADDRESS``) or starts one
+on this machine; on a cluster ``ray.address`` / ``RAY_ADDRESS`` points at KubeRay. Checkpoints
+go to ``RunConfig(storage_path=...)`` under the run's storage URI, and ``FailureConfig``
+restarts the worker group from the latest checkpoint when a worker dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Callable
+
+from components.common import storage
+from components.common.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(cfg: Config) -> None:
+    """Connect to the configured Ray, or start a local one sized for this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
+    if address:
+        log.info("joining Ray at %s", address)
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        return
+    need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    num_cpus = max(int(need + 0.999), os.cpu_count() or 1)
+    log.info("starting a local Ray with %d CPUs", num_cpus)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+
+
+def _storage_filesystem(uri: str):
+    """A pyarrow filesystem for remote storage built from fsspec (so S3 endpoints match)."""
+    if not storage.is_remote(uri):
+        return None
+    import pyarrow.fs as pafs
+
+    fs, _ = storage.filesystem(uri)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def ray_storage_path(uri: str) -> str:
+    """Ray wants a bare path when it is given an explicit filesystem."""
+    if storage.is_remote(uri):
+        return uri.split("://", 1)[1]
+    return storage.normalize(uri)
+
+
+def fit(
+    train_fn: Callable[[dict[str, Any]], None],
+    loop_config: dict[str, Any],
+    cfg: Config,
+    name: str,
+    storage_uri: str,
+    resume_from: Any | None = None,
+):
+    """Run ``train_fn`` on ``cfg.ray.num_workers`` workers; returns the Ray ``Result``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ensure_ray(cfg)
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = cfg.ray.gpus_per_worker or 1
+    trainer = TorchTrainer(
+        train_fn,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.ray.num_workers,
+            use_gpu=cfg.ray.use_gpu,
+            resources_per_worker=resources,
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=ray_storage_path(storage_uri),
+            storage_filesystem=_storage_filesystem(storage_uri),
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+        resume_from_checkpoint=resume_from,
+    )
+    return trainer.fit()

@@ -1,0 +1,234 @@
+"""MLflow lineage: one parent run per pipeline run, one child run per stage, one LoggedModel
+per checkpoint.
+
+Lineage uses MLflow's own records, not a side table: each stage run logs the checkpoint it
+started from as a *model input* and its datasets as *dataset inputs*, and the checkpoint it
+produces is a LoggedModel whose ``source_run_id`` is that stage run. Walking from any model to
+its source run, then to that run's model input, and so on, ends at the random-init model.
+The tags ``fromscratch.parent_model_id`` / ``fromscratch.checkpoint_uri`` repeat the
+essentials so a person can read the chain in the UI without following links.
+
+Runs are found again by tags (``fromscratch.run_id`` and ``fromscratch.stage``), so a re-run
+of an interrupted pipeline reuses its MLflow runs instead of scattering new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common import storage
+from components.common.config import Config
+
+log = logging.getLogger(__name__)
+
+TAG_RUN_ID = "fromscratch.run_id"
+TAG_STAGE = "fromscratch.stage"
+TAG_PARENT_MODEL = "fromscratch.parent_model_id"
+TAG_CHECKPOINT = "fromscratch.checkpoint_uri"
+TAG_DATASETS = "fromscratch.datasets"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+
+
+def resolve_tracking_uri(cfg: Config) -> str:
+    """The configured URI, else a SQLite file beside a local storage root."""
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    if storage.is_remote(cfg.storage.root):
+        raise ValueError(
+            "tracking.uri must be set when storage.root is remote "
+            f"({cfg.storage.root}); SQLite needs a local file"
+        )
+    root = Path(storage.normalize(cfg.storage.root))
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def default_artifact_location(cfg: Config) -> str | None:
+    if cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return None  # the tracking server decides
+    return storage.join(storage.normalize(cfg.storage.root), "mlartifacts")
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """A dataset as lineage sees it: where it is and what exactly it contains."""
+
+    name: str
+    uri: str
+    digest: str
+    context: str  # "training" / "evaluation"
+
+
+class Tracker:
+    """Thin layer over ``MlflowClient`` with the project's naming and lineage rules."""
+
+    def __init__(self, cfg: Config) -> None:
+        import mlflow
+        from mlflow import MlflowClient
+
+        self.uri = resolve_tracking_uri(cfg)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
+        if experiment is None:
+            self.experiment_id = self.client.create_experiment(
+                cfg.tracking.experiment, artifact_location=default_artifact_location(cfg)
+            )
+        else:
+            self.experiment_id = experiment.experiment_id
+        self.log_artifacts = cfg.tracking.log_model_artifacts
+
+    # -- runs ---------------------------------------------------------------------------
+    def _find_run(self, filter_string: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string=filter_string, max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
+        return runs[0].info.run_id if runs else None
+
+    def pipeline_run(self, run_id: str, params: dict[str, Any] | None = None) -> str:
+        """The parent MLflow run of a pipeline run, created on first use."""
+        found = self._find_run(f"tags.`{TAG_RUN_ID}` = '{run_id}' and tags.`{TAG_STAGE}` = 'pipeline'")
+        if found:
+            return found
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"pipeline-{run_id}",
+            tags={TAG_RUN_ID: run_id, TAG_STAGE: "pipeline"},
+        )
+        for key, value in (params or {}).items():
+            self.client.log_param(run.info.run_id, key, str(value)[:6000])
+        return run.info.run_id
+
+    def stage_run(self, parent_run_id: str, run_id: str, stage: str) -> str:
+        """The child run of one stage; a re-run of the stage reopens the same run."""
+        found = self._find_run(f"tags.`{TAG_RUN_ID}` = '{run_id}' and tags.`{TAG_STAGE}` = '{stage}'")
+        if found:
+            self.client.update_run(found, status="RUNNING")
+            return found
+        run = self.client.create_run(
+            self.experiment_id, run_name=stage,
+            tags={TAG_RUN_ID: run_id, TAG_STAGE: stage, PARENT_RUN_TAG: parent_run_id},
+        )
+        return run.info.run_id
+
+    def end_run(self, mlflow_run_id: str, ok: bool) -> None:
+        self.client.set_terminated(mlflow_run_id, status="FINISHED" if ok else "FAILED")
+
+    def log_params(self, mlflow_run_id: str, params: dict[str, Any]) -> None:
+        existing = self.client.get_run(mlflow_run_id).data.params
+        for key, value in params.items():
+            if key not in existing:
+                self.client.log_param(mlflow_run_id, key, str(value)[:6000])
+
+    def log_metrics(self, mlflow_run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(mlflow_run_id, key, float(value), step=step or 0)
+
+    def log_text(self, mlflow_run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(mlflow_run_id, text, artifact_file)
+
+    # -- lineage ------------------------------------------------------------------------
+    def log_datasets(self, mlflow_run_id: str, datasets: list[DatasetRef]) -> None:
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for ref in datasets:
+            with warnings.catch_warnings():  # "can be interpreted in multiple ways" for paths
+                warnings.simplefilter("ignore")
+                source = resolve_dataset_source(ref.uri)
+            # MLflow caps digests at 36 characters; 32 hex digits of SHA-256 are plenty.
+            ds = MetaDataset(source=source, name=ref.name, digest=ref.digest[:32])
+            inputs.append(
+                DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", ref.context)])
+            )
+        self.client.log_inputs(mlflow_run_id, datasets=inputs)
+
+    def log_checkpoint(
+        self,
+        mlflow_run_id: str,
+        stage: str,
+        checkpoint_uri: str,
+        local_dir: str | Path | None,
+        parent_model_id: str | None,
+        datasets: list[DatasetRef],
+        params: dict[str, Any] | None = None,
+    ) -> str:
+        """Record a finished checkpoint as a LoggedModel; returns its model id."""
+        from mlflow.entities import LoggedModelInput, LoggedModelStatus
+
+        if parent_model_id:
+            self.client.log_inputs(mlflow_run_id, models=[LoggedModelInput(parent_model_id)])
+        tags = {
+            TAG_STAGE: stage,
+            TAG_CHECKPOINT: checkpoint_uri,
+            TAG_PARENT_MODEL: parent_model_id or "",
+            TAG_DATASETS: ",".join(f"{d.name}@{d.digest[:12]}" for d in datasets),
+        }
+        model = self.client.create_logged_model(
+            self.experiment_id, name=f"{stage}", source_run_id=mlflow_run_id, tags=tags,
+            params={k: str(v) for k, v in (params or {}).items()}, model_type="causal-lm",
+        )
+        if self.log_artifacts and local_dir is not None:
+            self.client.log_model_artifacts(model.model_id, str(local_dir))
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
+    def lineage(self, model_id: str) -> list[dict[str, Any]]:
+        """The chain from ``model_id`` back to random init, newest first.
+
+        Each step follows MLflow's own links: model → its source run → that run's model input.
+        """
+        chain: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        current: str | None = model_id
+        while current and current not in seen:
+            seen.add(current)
+            model = self.client.get_logged_model(current)
+            run = self.client.get_run(model.source_run_id) if model.source_run_id else None
+            datasets = []
+            parent: str | None = None
+            if run is not None:
+                datasets = [
+                    f"{d.dataset.name}@{d.dataset.digest[:12]} ({d.dataset.source})"
+                    for d in run.inputs.dataset_inputs
+                ]
+                model_inputs = [m.model_id for m in (run.inputs.model_inputs or [])]
+                parent = model_inputs[0] if model_inputs else None
+            chain.append(
+                {
+                    "model_id": model.model_id,
+                    "stage": model.tags.get(TAG_STAGE, model.name),
+                    "checkpoint_uri": model.tags.get(TAG_CHECKPOINT, ""),
+                    "source_run_id": model.source_run_id,
+                    "datasets": datasets,
+                    "parent_model_id": parent,
+                }
+            )
+            current = parent
+        return chain
+
+    def find_model(self, run_id: str, stage: str) -> str | None:
+        """The newest ready LoggedModel of a stage in a pipeline run."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TAG_RUN_ID}` = '{run_id}'",
+        )
+        run_ids = {r.info.run_id for r in runs}
+        models = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"name = '{stage}'",
+            order_by=[{"field_name": "creation_timestamp", "ascending": False}],
+        )
+        for model in models:
+            if model.source_run_id in run_ids and str(model.status).endswith("READY"):
+                return model.model_id
+        return None

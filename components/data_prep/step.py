@@ -1,0 +1,171 @@
+"""data_prep: corpora in, tokenizer and packed shards out.
+
+Reads the user's corpora (or generates the embedded world), trains the byte-level BPE
+tokenizer, packs train and held-out splits into shards, and logs each dataset to MLflow as an
+input of this stage with its digest. Everything lands in ``<run>/data`` and is marked complete
+last, so a re-run of a finished data_prep skips the work and an interrupted one starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from components.common import storage
+from components.common.config import Config
+from components.common.errors import DataError
+from components.common.stage import StageContext, stage_context
+from components.common.tracking import DatasetRef
+from components.data_prep.corpus import generate_corpus
+from components.data_prep.loaders import load_corpus
+from components.data_prep.shards import pack_documents, write_shards
+from components.data_prep.tokenizer import train_tokenizer
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+
+
+def data_uri(run_uri: str) -> str:
+    return storage.join(run_uri, "data")
+
+
+def _text_digest(docs: list[str]) -> str:
+    digest = hashlib.sha256()
+    for doc in docs:
+        digest.update(doc.encode("utf-8"))
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
+def _corpus(cfg: Config) -> tuple[list[str], list[str], dict[str, Any] | None, str]:
+    """(train docs, held-out docs, world as dict or None, a description of the source)."""
+    if cfg.data.sources:
+        train, heldout = load_corpus(cfg.data.sources, cfg.data.heldout_fraction, cfg.seed)
+        described = ", ".join(s.uri or f"hf:{s.hf_dataset}" for s in cfg.data.sources)
+        return train, heldout, None, described
+    gen = cfg.data.generated
+    world, train, heldout = generate_corpus(
+        seed=cfg.seed,
+        num_people=gen.num_people,
+        num_train_docs=gen.num_train_docs,
+        num_heldout_docs=gen.num_heldout_docs,
+    )
+    return train, heldout, world.to_dict(), f"generated world (seed {cfg.seed})"
+
+
+def _write_jsonl(uri: str, docs: list[str]) -> None:
+    with storage.open_uri(uri, "w") as fh:
+        for doc in docs:
+            fh.write(json.dumps({"text": doc}) + "\n")
+
+
+def prepare(ctx: StageContext) -> dict[str, Any]:
+    """Do the work of data_prep into ``<run>/data``; returns the manifest."""
+    cfg = ctx.cfg
+    out = data_uri(ctx.run_uri)
+    started = time.perf_counter()
+    train_docs, heldout_docs, world, source = _corpus(cfg)
+    if not train_docs:
+        raise DataError(f"the training split is empty ({source})")
+    if not heldout_docs:
+        raise DataError(f"the held-out split is empty ({source})")
+    log.info("corpus: %d train / %d held-out documents from %s", len(train_docs), len(heldout_docs), source)
+
+    storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
+    tokenizer = train_tokenizer(train_docs, cfg.data.vocab_size, cfg.data.tokenizer_min_frequency)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        storage.upload_dir(tmp, storage.join(out, "tokenizer"))
+    log.info("tokenizer: %d tokens", len(tokenizer))
+
+    seq_len = cfg.model.max_seq_len
+    shard_dir = storage.join(out, "pretrain")
+    splits = {}
+    for split, docs in (("train", train_docs), ("heldout", heldout_docs)):
+        blocks = pack_documents(docs, tokenizer, seq_len)
+        if blocks.shape[0] == 0:
+            raise DataError(
+                f"the {split} split of {source} is shorter than one block of {seq_len} tokens"
+            )
+        splits[split] = write_shards(blocks, shard_dir, split, cfg.data.shard_blocks)
+        log.info("%s: %d blocks of %d tokens", split, blocks.shape[0], seq_len)
+
+    _write_jsonl(storage.join(out, "corpus", "train.jsonl"), train_docs)
+    _write_jsonl(storage.join(out, "corpus", "heldout.jsonl"), heldout_docs)
+    if world is not None:
+        storage.write_json(storage.join(out, "world.json"), world)
+
+    manifest = {
+        "data_uri": out,
+        "source": source,
+        "tokenizer_uri": storage.join(out, "tokenizer"),
+        "vocab_size": len(tokenizer),
+        "seq_len": seq_len,
+        "pretrain": {
+            split: {
+                "uri": shard_dir,
+                "files": s.files,
+                "num_blocks": s.num_blocks,
+                "num_tokens": s.num_tokens,
+                "digest": s.digest,
+                "text_digest": _text_digest(train_docs if split == "train" else heldout_docs),
+            }
+            for split, s in splits.items()
+        },
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    storage.write_json(storage.join(out, MANIFEST), manifest)
+    storage.mark_complete(out, {"stage": "data_prep"})
+    return manifest
+
+
+def dataset_refs(manifest: dict[str, Any]) -> list[DatasetRef]:
+    """The datasets a manifest describes, as lineage records."""
+    return [
+        DatasetRef(
+            name=f"pretrain-{split}",
+            uri=info["uri"],
+            digest=info["digest"],
+            context="training" if split == "train" else "evaluation",
+        )
+        for split, info in manifest["pretrain"].items()
+    ]
+
+
+def load_manifest(data: str) -> dict[str, Any]:
+    storage.require_complete(data, "data_prep output")
+    return storage.read_json(storage.join(data, MANIFEST))
+
+
+def run_data_prep(cfg: Config, run_id: str) -> dict[str, Any]:
+    """Entry point (CLI, KFP component, tests). Skips work already finished for this run."""
+    with stage_context(cfg, run_id, "data_prep") as ctx:
+        out = data_uri(ctx.run_uri)
+        if storage.is_complete(out):
+            log.info("data_prep already complete at %s; reusing it", out)
+            manifest = load_manifest(out)
+        else:
+            manifest = prepare(ctx)
+            ctx.tracker.log_datasets(ctx.mlflow_run_id, dataset_refs(manifest))
+            ctx.tracker.log_metrics(
+                ctx.mlflow_run_id,
+                {
+                    "train_tokens": manifest["pretrain"]["train"]["num_tokens"],
+                    "heldout_tokens": manifest["pretrain"]["heldout"]["num_tokens"],
+                    "vocab_size": manifest["vocab_size"],
+                },
+            )
+            ctx.tracker.log_params(ctx.mlflow_run_id, {"data_source": manifest["source"]})
+        manifest["mlflow_parent_run_id"] = ctx.parent_run_id
+        return manifest
+
+
+def tokenizer_local(manifest: dict[str, Any], into: Path) -> Path:
+    """Copy the tokenizer next to a checkpoint being written."""
+    return storage.download_dir(manifest["tokenizer_uri"], into)

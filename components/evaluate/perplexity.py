@@ -1,0 +1,27 @@
+"""Held-out perplexity: the one number that says whether a checkpoint learned the language."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+@torch.no_grad()
+def heldout_perplexity(model: torch.nn.Module, blocks: np.ndarray, batch_size: int) -> dict[str, float]:
+    """Token-weighted mean NLL over ``blocks`` ([n, seq_len] token ids) and its exp."""
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    data = torch.from_numpy(blocks.astype(np.int64))
+    for start in range(0, len(data), batch_size):
+        batch = data[start : start + batch_size]
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        targets = batch[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+        )
+        total_nll += float(nll)
+        total_tokens += targets.numel()
+    loss = total_nll / max(1, total_tokens)
+    return {"heldout_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "heldout_tokens": float(total_tokens)}

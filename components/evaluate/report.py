@@ -1,0 +1,37 @@
+"""Evaluation results as a Markdown table and as JSON (per checkpoint, per metric)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HEADLINE = ("perplexity", "heldout_loss", "word_validity")
+
+
+def markdown_report(results: dict[str, dict[str, Any]]) -> str:
+    """A stage × metric table plus each checkpoint's samples."""
+    names = list(results)
+    metrics = [m for m in HEADLINE if any(m in results[n]["metrics"] for n in names)]
+    extra = sorted({m for n in names for m in results[n]["metrics"]} - set(metrics) - {"heldout_tokens"})
+    columns = metrics + extra
+    lines = ["# Evaluation", "", "| checkpoint | " + " | ".join(columns) + " |"]
+    lines.append("|---" * (len(columns) + 1) + "|")
+    for name in names:
+        values = results[name]["metrics"]
+        cells = [_fmt(values.get(c)) for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Samples (greedy)", ""]
+    for name in names:
+        lines.append(f"### {name}")
+        for sample in results[name].get("samples", []):
+            completion = sample["completion"].replace("\n", " ").replace("|", "\\|")
+            lines.append(f"- **{sample['prompt']}** → {completion}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

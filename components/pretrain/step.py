@@ -1,0 +1,144 @@
+"""pretrain: stage 0 (random init) and stage 1 (next-token prediction).
+
+1. Build the random-init model from the preset and the data_prep tokenizer, save it as a
+   checkpoint of its own and log it to MLflow: it is the root of every lineage and gets
+   evaluated like any other checkpoint.
+2. Pre-train it in Ray Train workers under DeepSpeed (``train_loop.py``), checkpointing to
+   ``<run>/ray/pretrain`` so a dead worker or a re-run resumes from the last checkpoint.
+3. Publish the final Hugging Face folder, mark it complete, log it as a LoggedModel whose
+   parent is the init model and whose dataset is the packed training split.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from components.common import ray_launch, storage
+from components.common.config import Config
+from components.common.modeling import count_parameters, load_tokenizer, random_init_model
+from components.common.stage import StageContext, stage_context
+from components.common.tracking import DatasetRef
+from components.data_prep.step import dataset_refs, load_manifest
+from components.pretrain.train_loop import STATE_FILE, train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_uri(run_uri: str, stage: str) -> str:
+    return storage.join(run_uri, "checkpoints", stage)
+
+
+def _model_params(cfg: Config) -> dict[str, Any]:
+    return {f"model.{k}": v for k, v in cfg.model.model_dump().items()}
+
+
+def create_init_checkpoint(ctx: StageContext, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Stage 0: save and log the random-init model (reused if this run already made it)."""
+    cfg, tracker = ctx.cfg, ctx.tracker
+    uri = checkpoint_uri(ctx.run_uri, "init")
+    init_run = tracker.stage_run(ctx.parent_run_id, ctx.run_id, "init")
+    model_id = tracker.find_model(ctx.run_id, "init") if storage.is_complete(uri) else None
+    if model_id:
+        tracker.end_run(init_run, ok=True)
+        return {"uri": uri, "model_id": model_id}
+    with tempfile.TemporaryDirectory() as tmp:
+        storage.download_dir(manifest["tokenizer_uri"], tmp)
+        tokenizer = load_tokenizer(tmp)
+        model = random_init_model(cfg.model, tokenizer, cfg.seed)
+        model.save_pretrained(tmp, safe_serialization=True)
+        num_params = count_parameters(model)
+        storage.remove(uri)
+        storage.upload_dir(tmp, uri)
+        storage.mark_complete(uri, {"stage": "init"})
+        params = {**_model_params(cfg), "num_parameters": num_params, "seed": cfg.seed}
+        tracker.log_params(init_run, params)
+        tokenizer_ref = [
+            DatasetRef("tokenizer", manifest["tokenizer_uri"], manifest["pretrain"]["train"]["digest"], "tokenizer")
+        ]
+        tracker.log_datasets(init_run, tokenizer_ref)
+        model_id = tracker.log_checkpoint(init_run, "init", uri, tmp, None, tokenizer_ref, params)
+    tracker.end_run(init_run, ok=True)
+    log.info("random init: %d parameters at %s (MLflow model %s)", num_params, uri, model_id)
+    return {"uri": uri, "model_id": model_id, "num_parameters": num_params}
+
+
+def latest_ray_checkpoint(ray_uri: str):
+    """The newest finished checkpoint under a Ray Train run folder, to resume a re-run from."""
+    from ray.train import Checkpoint
+
+    fs, path = storage.filesystem(ray_uri)
+    if not fs.exists(path):
+        return None
+    found = sorted(p for p in fs.glob(f"{path}/step-*") if fs.exists(f"{p}/{STATE_FILE}"))
+    if not found:
+        return None
+    filesystem = ray_launch._storage_filesystem(ray_uri)
+    return Checkpoint(found[-1], filesystem=filesystem)
+
+
+def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
+    """Entry point: returns the init and pretrain checkpoints (URIs and MLflow model ids)."""
+    with stage_context(cfg, run_id, "pretrain") as ctx:
+        manifest = load_manifest(data)
+        init = create_init_checkpoint(ctx, manifest)
+        out_uri = checkpoint_uri(ctx.run_uri, "pretrain")
+        model_id = ctx.tracker.find_model(run_id, "pretrain") if storage.is_complete(out_uri) else None
+        if model_id:
+            log.info("pretrain already complete at %s; reusing it", out_uri)
+            return {"init": init, "pretrain": {"uri": out_uri, "model_id": model_id}}
+
+        storage.remove(out_uri)
+        ctx.tracker.log_params(
+            ctx.mlflow_run_id,
+            {
+                **{f"pretrain.{k}": v for k, v in cfg.pretrain.model_dump().items()},
+                **_model_params(cfg),
+                "deepspeed.zero_stage": cfg.deepspeed.zero_stage,
+                "ray.num_workers": cfg.ray.num_workers,
+            },
+        )
+        train_ref = [r for r in dataset_refs(manifest) if r.context == "training"]
+        ctx.tracker.log_datasets(ctx.mlflow_run_id, train_ref)
+        ray_uri = storage.join(ctx.run_uri, "ray")
+        resume = latest_ray_checkpoint(storage.join(ray_uri, "pretrain"))
+        if resume is not None:
+            log.info("resuming pre-training from %s", resume.path)
+        loop_config = {
+            "cfg": cfg.to_json(),
+            "shard_uri": manifest["pretrain"]["train"]["uri"],
+            "train_files": manifest["pretrain"]["train"]["files"],
+            "init_uri": init["uri"],
+            "output_uri": out_uri,
+            "tracking_uri": ctx.tracker.uri,
+            "mlflow_run_id": ctx.mlflow_run_id,
+        }
+        started = time.perf_counter()
+        result = ray_launch.fit(train_loop_per_worker, loop_config, cfg, "pretrain", ray_uri, resume)
+        if result.error:
+            raise RuntimeError(f"pre-training failed: {result.error}") from result.error
+        metrics = dict(result.metrics or {})
+        if not metrics.get("final"):
+            raise RuntimeError(f"pre-training ended without its final checkpoint: {metrics}")
+        seconds = time.perf_counter() - started
+        summary = {
+            "final_train_loss": metrics.get("train_loss", float("nan")),
+            "tokens_per_s": metrics.get("tokens_per_s", 0.0),
+            "fit_seconds": seconds,
+            "resumed_from_step": metrics.get("resumed_from", 0),
+        }
+        ctx.tracker.log_metrics(ctx.mlflow_run_id, summary, step=cfg.pretrain.steps)
+        storage.mark_complete(out_uri, {"stage": "pretrain", "steps": cfg.pretrain.steps})
+        with storage.local_copy(out_uri, "pretrain checkpoint") as local:
+            model_id = ctx.tracker.log_checkpoint(
+                ctx.mlflow_run_id, "pretrain", out_uri, local, init["model_id"], train_ref,
+                {"steps": cfg.pretrain.steps},
+            )
+        log.info(
+            "pretrain done: loss %.3f, %.0f tokens/s, %.0fs (MLflow model %s)",
+            summary["final_train_loss"], summary["tokens_per_s"], seconds, model_id,
+        )
+        return {"init": init, "pretrain": {"uri": out_uri, "model_id": model_id, **summary}}

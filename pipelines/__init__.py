@@ -1,0 +1,1 @@
+"""The KFP pipeline, its CLI and presets."""

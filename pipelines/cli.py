@@ -1,0 +1,163 @@
+"""``fromscratch``: run the pipeline locally, compile it for a cluster, read lineage.
+
+``run`` executes the real KFP pipeline with ``kfp.local`` (SubprocessRunner, no containers),
+after starting Ray once for the whole run so each training stage joins it instead of paying
+for its own start-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from components.common import storage
+from components.common.config import Config, ConfigError, load_config
+from components.common.logs import setup_logging
+
+log = logging.getLogger("fromscratch")
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def resolved_config(args: argparse.Namespace) -> Config:
+    """The preset plus overrides, with a local storage root made absolute (subprocesses and
+    Ray workers may run in other working directories)."""
+    overrides = list(args.set or [])
+    if getattr(args, "ray_address", None):
+        overrides.append(f"ray.address={args.ray_address}")
+    cfg = load_config(args.preset, overrides)
+    cfg.storage.root = storage.normalize(cfg.storage.root)
+    return cfg
+
+
+def _start_ray(cfg: Config) -> None:
+    """One Ray for the pipeline run; stages find it through RAY_ADDRESS."""
+    if cfg.ray.address or os.environ.get("RAY_ADDRESS"):
+        return
+    from components.common.ray_launch import ensure_ray
+    import ray
+
+    ensure_ray(cfg)
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kfp import local
+
+    from pipelines.pipeline import build_pipeline
+
+    cfg = resolved_config(args)
+    run_id = args.run_id or new_run_id()
+    run_dir = storage.join(cfg.storage.root, run_id)
+    started = time.perf_counter()
+    print(f"fromscratch run {run_id}  preset={cfg.preset}  storage={run_dir}", flush=True)
+    if storage.is_remote(cfg.storage.root):
+        pipeline_root = str(Path(".fromscratch-kfp").resolve() / run_id)
+    else:
+        pipeline_root = storage.join(run_dir, "kfp")
+    _start_ray(cfg)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+    pipeline = build_pipeline(cfg)
+    try:
+        pipeline(config_json=cfg.to_json(), run_id=run_id)
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+    elapsed = time.perf_counter() - started
+    report = storage.join(run_dir, "eval", "report.md")
+    print("\n" + storage.read_text(report))
+    print(f"run {run_id} finished in {elapsed:.0f}s")
+    print(f"  report:  {report}")
+    print(f"  results: {storage.join(run_dir, 'eval', 'results.json')}")
+    print(f"  lineage: fromscratch lineage {run_id}")
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from kfp import compiler
+
+    from pipelines.pipeline import build_pipeline
+
+    cfg = load_config(args.preset, list(args.set or []))
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg), str(output))
+    print(f"compiled {cfg.preset} pipeline to {output}")
+    return 0
+
+
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from components.common.tracking import Tracker
+
+    cfg = resolved_config(args)
+    tracker = Tracker(cfg)
+    model_id = args.target
+    if not model_id.startswith("m-"):
+        found = tracker.find_model(args.target, args.stage)
+        if not found:
+            print(f"no finished '{args.stage}' model in run {args.target}", file=sys.stderr)
+            return 1
+        model_id = found
+    chain = tracker.lineage(model_id)
+    if args.json:
+        print(json.dumps(chain, indent=2))
+        return 0
+    for depth, link in enumerate(chain):
+        arrow = "" if depth == 0 else "  ↑ from "
+        print(f"{arrow}{link['stage']}: model {link['model_id']}  run {link['source_run_id']}")
+        print(f"      checkpoint: {link['checkpoint_uri']}")
+        for ds in link["datasets"]:
+            print(f"      dataset:    {ds}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fromscratch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--preset", default="tiny", help="preset name or YAML file (default: tiny)")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, repeatable")
+
+    run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local + Ray on this machine)")
+    common(run)
+    run.add_argument("--run-id", help="reuse a run id to resume an interrupted run")
+    run.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
+    run.set_defaults(fn=cmd_run)
+
+    comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
+    common(comp)
+    comp.add_argument("-o", "--output", default="build/fromscratch-pipeline.yaml")
+    comp.set_defaults(fn=cmd_compile)
+
+    lin = sub.add_parser("lineage", help="print a checkpoint's chain back to random init")
+    common(lin)
+    lin.add_argument("target", help="an MLflow model id (m-...) or a run id")
+    lin.add_argument("--stage", default="pretrain", help="with a run id: whose checkpoint (default pretrain)")
+    lin.add_argument("--json", action="store_true")
+    lin.set_defaults(fn=cmd_lineage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as err:
+        print(f"fromscratch: config error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

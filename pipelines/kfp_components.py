@@ -1,0 +1,111 @@
+"""The six steps as KFP v2 lightweight components (three today: data_prep, pretrain, evaluate).
+
+Each body is deliberately thin: it turns KFP parameters and artifacts into a call of the
+stage's plain Python entry point (which the tests call directly) and records the result as
+artifacts. The project is baked into ``base_image``, so bodies import it; the same component
+runs in a cluster pod and under ``kfp.local.SubprocessRunner(use_venv=False)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+
+
+def data_prep(
+    config_json: str,
+    overrides: str,
+    run_id: str,
+    kfp_job_id: str,
+    data: Output[Dataset],
+) -> NamedTuple("DataPrepOutputs", run_id=str, mlflow_parent_run_id=str):
+    """Corpora → tokenizer + packed shards under the run's storage URI."""
+    from collections import namedtuple
+
+    from components.common.kfp_io import stage_config, write_pointer
+    from components.data_prep.step import run_data_prep
+
+    cfg = stage_config(config_json, overrides)
+    rid = run_id or f"kfp-{kfp_job_id}"
+    manifest = run_data_prep(cfg, rid)
+    write_pointer(
+        data, manifest["data_uri"], run_id=rid, source=manifest["source"],
+        train_tokens=manifest["pretrain"]["train"]["num_tokens"],
+        digest=manifest["pretrain"]["train"]["digest"],
+    )
+    out = namedtuple("DataPrepOutputs", ["run_id", "mlflow_parent_run_id"])
+    return out(rid, manifest["mlflow_parent_run_id"])
+
+
+def pretrain(
+    config_json: str,
+    overrides: str,
+    run_id: str,
+    data: Input[Dataset],
+    init_model: Output[Model],
+    pretrain_model: Output[Model],
+):
+    """Random init (stage 0) and next-token pre-training (stage 1) in Ray Train + DeepSpeed."""
+    from components.common.kfp_io import read_pointer, stage_config, write_pointer
+    from components.pretrain.step import run_pretrain
+
+    cfg = stage_config(config_json, overrides)
+    out = run_pretrain(cfg, run_id, read_pointer(data)["uri"])
+    write_pointer(init_model, out["init"]["uri"], mlflow_model_id=out["init"]["model_id"], stage="init")
+    write_pointer(
+        pretrain_model, out["pretrain"]["uri"], mlflow_model_id=out["pretrain"]["model_id"],
+        stage="pretrain", parent_model_id=out["init"]["model_id"],
+    )
+
+
+def evaluate(
+    config_json: str,
+    overrides: str,
+    run_id: str,
+    data: Input[Dataset],
+    init_model: Input[Model],
+    pretrain_model: Input[Model],
+    metrics: Output[Metrics],
+    report: Output[Markdown],
+    results: Output[Artifact],
+):
+    """The same held-out suites on every checkpoint; a table for people, JSON for gates."""
+    import json
+
+    from components.common.kfp_io import read_pointer, stage_config
+    from components.evaluate.step import run_evaluate
+
+    cfg = stage_config(config_json, overrides)
+    pointers = {"init": read_pointer(init_model), "pretrain": read_pointer(pretrain_model)}
+    out = run_evaluate(
+        cfg, run_id, read_pointer(data)["uri"],
+        {name: p["uri"] for name, p in pointers.items()},
+        {name: p.get("mlflow_model_id", "") for name, p in pointers.items()},
+    )
+    for name, res in out["results"].items():
+        for key, value in res["metrics"].items():
+            metrics.log_metric(f"{name}.{key}", float(value))
+    with open(report.path, "w") as fh:
+        fh.write(out["markdown"])
+    with open(results.path, "w") as fh:
+        json.dump(out["results"], fh, indent=2)
+    results.metadata["uri"] = out["eval_uri"]
+
+
+@dataclass(frozen=True)
+class Components:
+    data_prep: Callable
+    pretrain: Callable
+    evaluate: Callable
+
+
+def make_components(base_image: str) -> Components:
+    """Wrap the step functions as components on the configured image."""
+
+    def wrap(fn: Callable) -> Callable:
+        return dsl.component(base_image=base_image, install_kfp_package=False)(fn)
+
+    return Components(data_prep=wrap(data_prep), pretrain=wrap(pretrain), evaluate=wrap(evaluate))
