@@ -18,6 +18,8 @@ from pathlib import Path
 
 from components.common import storage
 from components.common.config import Config, ConfigError, load_config
+from components.common.errors import DataError
+from components.data_prep.loaders import check_sources
 from components.common.logs import setup_logging
 
 log = logging.getLogger("fromscratch")
@@ -55,6 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.pipeline import build_pipeline
 
     cfg = resolved_config(args)
+    check_sources(cfg.data.sources)
     run_id = args.run_id or new_run_id()
     run_dir = storage.join(cfg.storage.root, run_id)
     started = time.perf_counter()
@@ -63,11 +66,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         pipeline_root = str(Path(".fromscratch-kfp").resolve() / run_id)
     else:
         pipeline_root = storage.join(run_dir, "kfp")
+    pipeline = build_pipeline(cfg)
     _start_ray(cfg)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
-    pipeline = build_pipeline(cfg)
     try:
         pipeline(config_json=cfg.to_json(), run_id=run_id)
+    except RuntimeError as err:
+        print(f"fromscratch: run {run_id} failed: {err}", file=sys.stderr)
+        print("  the failing task's error is printed above; finished stages are kept, and", file=sys.stderr)
+        print(f"  `fromscratch run --run-id {run_id}` resumes from them", file=sys.stderr)
+        return 1
     finally:
         import ray
 
@@ -156,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except ConfigError as err:
         print(f"fromscratch: config error: {err}", file=sys.stderr)
+        return 2
+    except DataError as err:
+        print(f"fromscratch: data error: {err}", file=sys.stderr)
         return 2
 
 

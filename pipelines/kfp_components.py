@@ -6,7 +6,6 @@ artifacts. The project is baked into ``base_image``, so bodies import it; the sa
 runs in a cluster pod and under ``kfp.local.SubprocessRunner(use_venv=False)``.
 """
 
-from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
@@ -25,12 +24,12 @@ def data_prep(
     """Corpora → tokenizer + packed shards under the run's storage URI."""
     from collections import namedtuple
 
-    from components.common.kfp_io import stage_config, write_pointer
+    from components.common.kfp_io import stage_config, user_errors, write_pointer
     from components.data_prep.step import run_data_prep
 
-    cfg = stage_config(config_json, overrides)
     rid = run_id or f"kfp-{kfp_job_id}"
-    manifest = run_data_prep(cfg, rid)
+    with user_errors("data_prep"):
+        manifest = run_data_prep(stage_config(config_json, overrides), rid)
     write_pointer(
         data, manifest["data_uri"], run_id=rid, source=manifest["source"],
         train_tokens=manifest["pretrain"]["train"]["num_tokens"],
@@ -49,11 +48,11 @@ def pretrain(
     pretrain_model: Output[Model],
 ):
     """Random init (stage 0) and next-token pre-training (stage 1) in Ray Train + DeepSpeed."""
-    from components.common.kfp_io import read_pointer, stage_config, write_pointer
+    from components.common.kfp_io import read_pointer, stage_config, user_errors, write_pointer
     from components.pretrain.step import run_pretrain
 
-    cfg = stage_config(config_json, overrides)
-    out = run_pretrain(cfg, run_id, read_pointer(data)["uri"])
+    with user_errors("pretrain"):
+        out = run_pretrain(stage_config(config_json, overrides), run_id, read_pointer(data)["uri"])
     write_pointer(init_model, out["init"]["uri"], mlflow_model_id=out["init"]["model_id"], stage="init")
     write_pointer(
         pretrain_model, out["pretrain"]["uri"], mlflow_model_id=out["pretrain"]["model_id"],
@@ -75,16 +74,16 @@ def evaluate(
     """The same held-out suites on every checkpoint; a table for people, JSON for gates."""
     import json
 
-    from components.common.kfp_io import read_pointer, stage_config
+    from components.common.kfp_io import read_pointer, stage_config, user_errors
     from components.evaluate.step import run_evaluate
 
-    cfg = stage_config(config_json, overrides)
     pointers = {"init": read_pointer(init_model), "pretrain": read_pointer(pretrain_model)}
-    out = run_evaluate(
-        cfg, run_id, read_pointer(data)["uri"],
-        {name: p["uri"] for name, p in pointers.items()},
-        {name: p.get("mlflow_model_id", "") for name, p in pointers.items()},
-    )
+    with user_errors("evaluate"):
+        out = run_evaluate(
+            stage_config(config_json, overrides), run_id, read_pointer(data)["uri"],
+            {name: p["uri"] for name, p in pointers.items()},
+            {name: p.get("mlflow_model_id", "") for name, p in pointers.items()},
+        )
     for name, res in out["results"].items():
         for key, value in res["metrics"].items():
             metrics.log_metric(f"{name}.{key}", float(value))

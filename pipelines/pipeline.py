@@ -5,7 +5,6 @@ parameter, so a compiled YAML is self-contained; people starting a run from the 
 ``overrides`` (``pretrain.steps=500; seed=7``) instead of the JSON.
 """
 
-from __future__ import annotations
 
 from typing import Callable
 

@@ -258,7 +258,8 @@ def load_config(preset: str = "tiny", overrides: list[str] | None = None) -> Con
         raise ConfigError(f"{path}: top level must be a mapping")
     data.setdefault("preset", path.stem)
     apply_overrides(data, list(overrides or []))
-    return _validate(data, source=str(path))
+    source = f"{path} with overrides {list(overrides)}" if overrides else str(path)
+    return _validate(data, source=source)
 
 
 def split_overrides(text: str) -> list[str]:

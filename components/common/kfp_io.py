@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from components.common.config import Config, resolve_stage_config
+from components.common.config import Config, ConfigError, resolve_stage_config
+from components.common.errors import DataError
 from components.common.logs import setup_logging
+from components.common.storage import StorageError
 
 
 def stage_config(config_json: str, overrides: str) -> Config:
@@ -38,3 +42,13 @@ def read_pointer(artifact: Any) -> dict[str, Any]:
     if os.path.isfile(path):
         return json.loads(Path(path).read_text())
     raise ValueError(f"artifact {artifact.uri} does not name a storage URI")
+
+
+@contextmanager
+def user_errors(stage: str) -> Iterator[None]:
+    """Bad input ends the task with one clear line, not a traceback through our code."""
+    try:
+        yield
+    except (ConfigError, DataError, StorageError) as err:
+        print(f"fromscratch {stage}: error: {err}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None

@@ -59,9 +59,12 @@ def fit(
     cfg: Config,
     name: str,
     storage_uri: str,
-    resume_from: Any | None = None,
 ):
-    """Run ``train_fn`` on ``cfg.ray.num_workers`` workers; returns the Ray ``Result``."""
+    """Run ``train_fn`` on ``cfg.ray.num_workers`` workers; returns the Ray ``Result``.
+
+    Reusing ``name`` under the same ``storage_uri`` resumes: Ray Train V2 reads its checkpoint
+    snapshot from that folder and hands the latest checkpoint to the new workers.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -85,6 +88,5 @@ def fit(
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
-        resume_from_checkpoint=resume_from,
     )
     return trainer.fit()

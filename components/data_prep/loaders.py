@@ -244,6 +244,13 @@ def _iter_source(source: Any) -> Iterator[str]:
     raise DataError(f"data source {source!r} has neither 'uri' nor 'hf_dataset'")
 
 
+def check_sources(sources: list[Any]) -> None:
+    """Fail fast, before any stage starts, if a configured file/folder/glob is not there."""
+    for source in sources:
+        if getattr(source, "uri", None):
+            _resolve_files(source.uri)
+
+
 def load_corpus(
     sources: list[Any], heldout_fraction: float, seed: int
 ) -> tuple[list[str], list[str]]:

@@ -22,14 +22,16 @@ SPECIAL_TOKENS = [PAD, BOS, EOS, *ROLE_TOKENS]
 # A turn is "<|role|>\n content <|end|>\n"; the assistant's turn ends with EOS instead, so a
 # model that learned the format stops generating exactly where its reply ends.
 CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "<|assistant|>\n{% generation %}{{ message['content'] }}<|eos|>{% endgeneration %}\n"
-    "{%- else -%}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] }}<|end|>\n"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|assistant|>\n{%- endif -%}"
+    # Newlines are written as expressions: transformers renders with trim_blocks, which would
+    # eat a literal newline that follows a tag.
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "<|assistant|>{{ '\\n' }}{% generation %}{{ message['content'] }}<|eos|>{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "<|{{ message['role'] }}|>{{ '\\n' }}{{ message['content'] }}<|end|>{{ '\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{{ '\\n' }}{% endif %}"
 )
 
 

@@ -66,18 +66,21 @@ def create_init_checkpoint(ctx: StageContext, manifest: dict[str, Any]) -> dict[
     return {"uri": uri, "model_id": model_id, "num_parameters": num_params}
 
 
-def latest_ray_checkpoint(ray_uri: str):
-    """The newest finished checkpoint under a Ray Train run folder, to resume a re-run from."""
-    from ray.train import Checkpoint
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
 
-    fs, path = storage.filesystem(ray_uri)
-    if not fs.exists(path):
+
+def latest_ray_checkpoint(ray_uri: str) -> str | None:
+    """The newest checkpoint Ray Train registered in this run folder, if any.
+
+    Ray Train V2 resumes by itself when a trainer reuses a run folder (same ``storage_path``
+    and ``name``): its snapshot makes ``ray.train.get_checkpoint()`` return this checkpoint.
+    We only read it to say so in the log.
+    """
+    snapshot_uri = storage.join(ray_uri, RAY_SNAPSHOT)
+    if not storage.exists(snapshot_uri):
         return None
-    found = sorted(p for p in fs.glob(f"{path}/step-*") if fs.exists(f"{p}/{STATE_FILE}"))
-    if not found:
-        return None
-    filesystem = ray_launch._storage_filesystem(ray_uri)
-    return Checkpoint(found[-1], filesystem=filesystem)
+    names = [r["checkpoint_dir_name"] for r in storage.read_json(snapshot_uri).get("checkpoint_results", [])]
+    return storage.join(ray_uri, max(names)) if names else None
 
 
 def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
@@ -106,7 +109,7 @@ def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
         ray_uri = storage.join(ctx.run_uri, "ray")
         resume = latest_ray_checkpoint(storage.join(ray_uri, "pretrain"))
         if resume is not None:
-            log.info("resuming pre-training from %s", resume.path)
+            log.info("resuming pre-training from %s", resume)
         loop_config = {
             "cfg": cfg.to_json(),
             "shard_uri": manifest["pretrain"]["train"]["uri"],
@@ -117,7 +120,7 @@ def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
             "mlflow_run_id": ctx.mlflow_run_id,
         }
         started = time.perf_counter()
-        result = ray_launch.fit(train_loop_per_worker, loop_config, cfg, "pretrain", ray_uri, resume)
+        result = ray_launch.fit(train_loop_per_worker, loop_config, cfg, "pretrain", ray_uri)
         if result.error:
             raise RuntimeError(f"pre-training failed: {result.error}") from result.error
         metrics = dict(result.metrics or {})

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -218,6 +219,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if done % pc.checkpoint_every == 0 or done == pc.steps:
             with tempfile.TemporaryDirectory() as tmp:
                 engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"step": done})
+                # who wrote this checkpoint: for operators (and the fault-injection tests)
+                Path(tmp, f"rank-{rank}.json").write_text(
+                    json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "step": done})
+                )
                 if rank == 0:
                     Path(tmp, STATE_FILE).write_text(json.dumps({"step": done}))
                 if done == pc.steps:

@@ -1,0 +1,226 @@
+"""Loading users' instruction data (files, folders, globs, any fsspec URI) as chat ``Example``s.
+
+People bring SFT data in a few shapes; each record is recognised on its own, so one folder
+(or even one file) may mix them:
+
+* chat: ``{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}``
+* prompt/completion: ``{"prompt": "...", "completion": "..."}``
+* Alpaca: ``{"instruction": "...", "input": "..." (optional), "output": "..."}``
+
+Files are JSON Lines; a file whose first non-blank character is ``[`` is read as one JSON
+array of records instead, because that is how the Alpaca data is commonly shipped. Whatever
+the shape, a record becomes a conversation that ends with the assistant turn SFT learns from.
+
+File discovery and line reading are shared with ``loaders`` (same URIs, same UTF-8 and
+storage errors), and every problem in the data is a ``DataError`` that names the file and
+the 1-based line, so a user can fix record 70,312 without bisecting the file.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from typing import Any, Callable, Iterable, Iterator
+
+from components.common.errors import DataError, at
+from components.data_prep.instructions import ROLES, Example
+from components.data_prep.loaders import _display, _field_of, _iter_lines, _resolve_files
+
+DEFAULT_FAMILY = "user"
+ACCEPTED_FORMATS = (
+    '{"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}',
+    '{"prompt": "...", "completion": "..."}',
+    '{"instruction": "...", "input": "..." (optional), "output": "..."}',
+)
+
+_WHITESPACE = re.compile(r"\s*")
+
+Error = Callable[[str], DataError]
+
+
+def _iter_jsonl(lines: Iterable[tuple[int, str]], name: str) -> Iterator[tuple[int, str, Any]]:
+    """(line, id, parsed value) for each non-blank line."""
+    for lineno, line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise at(
+                name,
+                lineno,
+                f"not valid JSON ({err.msg} at column {err.colno}); "
+                "expected one JSON object per line (JSON Lines) or one JSON array",
+            ) from None
+        yield lineno, f"{name}:{lineno}", record
+
+
+def _iter_array(text: str, name: str) -> Iterator[tuple[int, str, Any]]:
+    """(line, id, value) for each element of a JSON array, each with the line it starts on.
+
+    Decoding element by element (rather than ``json.loads`` of the whole file) is what lets a
+    bad record be reported by its own line instead of "somewhere in this file".
+    """
+    decoder = json.JSONDecoder()
+    counted_to, counted_lines = 0, 1
+
+    def line_of(pos: int) -> int:
+        nonlocal counted_to, counted_lines
+        counted_lines += text.count("\n", counted_to, pos)
+        counted_to = pos
+        return counted_lines
+
+    def skip(pos: int) -> int:
+        return _WHITESPACE.match(text, pos).end()  # type: ignore[union-attr]
+
+    pos = skip(text.index("[") + 1)
+    if text.startswith("]", pos):
+        pos += 1
+    else:
+        for index in itertools.count():
+            try:
+                record, end = decoder.raw_decode(text, pos)
+            except json.JSONDecodeError as err:
+                raise at(
+                    name, line_of(err.pos), f"not valid JSON ({err.msg} at column {err.colno})"
+                ) from None
+            yield line_of(pos), f"{name}[{index}]", record
+            pos = skip(end)
+            if text.startswith(",", pos):
+                pos = skip(pos + 1)
+            elif text.startswith("]", pos):
+                pos += 1
+                break
+            elif pos >= len(text):
+                raise at(name, line_of(pos), "not valid JSON (the array is not closed with ']')")
+            else:
+                raise at(
+                    name,
+                    line_of(pos),
+                    "not valid JSON (expected ',' or ']' after an array element)",
+                )
+    if text[pos:].strip():
+        raise at(name, line_of(skip(pos)), "not valid JSON (extra data after the array)")
+
+
+def _iter_records(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple[int, str, Any]]:
+    """Records of one file, JSON Lines or a JSON array, chosen by its first non-blank line."""
+    head: list[tuple[int, str]] = []
+    for lineno, line in lines:
+        head.append((lineno, line))
+        if line.strip():
+            break
+    rest = itertools.chain(head, lines)
+    if head and head[-1][1].lstrip().startswith("["):
+        # _iter_lines yields every line, blank ones included, so line k of the joined text
+        # is line k of the file.
+        yield from _iter_array("\n".join(line for _, line in rest), name)
+    else:
+        yield from _iter_jsonl(rest, name)
+
+
+def _chat_messages(messages: Any, error: Error) -> list[dict[str, str]]:
+    """Validated ``{"role", "content"}`` turns; other keys of a turn (e.g. "name") are dropped."""
+    if not isinstance(messages, list) or not messages:
+        raise error(
+            "field 'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} "
+            f"objects, got {type(messages).__name__ if messages != [] else 'an empty list'}"
+        )
+    turns: list[dict[str, str]] = []
+    for k, message in enumerate(messages, start=1):
+
+        def turn_error(msg: str, k: int = k) -> DataError:
+            return error(f"message {k}: {msg}")
+
+        if not isinstance(message, dict):
+            raise turn_error(
+                f"expected a JSON object with 'role' and 'content', got {type(message).__name__}"
+            )
+        role = _field_of(message, "role", turn_error)
+        if role not in ROLES:
+            raise turn_error(f"unknown role '{role}' (expected {', '.join(ROLES)})")
+        content = _field_of(message, "content", turn_error)
+        turns.append({"role": role, "content": content})
+    if not any(t["role"] == "assistant" for t in turns):
+        raise error("the conversation has no assistant turn to learn from")
+    if turns[-1]["role"] != "assistant":
+        raise error(
+            f"the last turn is the {turns[-1]['role']}'s; it must be the assistant's reply"
+        )
+    if not any(t["role"] == "user" for t in turns):
+        raise error("the conversation has no user turn")
+    return turns
+
+
+def _to_messages(record: Any, error: Error) -> list[dict[str, str]]:
+    """The record as chat turns, by whichever accepted format its fields name.
+
+    Checked in the order chat, prompt/completion, Alpaca, so a chat export that also carries a
+    "prompt" summary field (as some public sets do) is read as the full conversation.
+    """
+    if not isinstance(record, dict):
+        raise error(f"expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        return _chat_messages(record["messages"], error)
+    if "prompt" in record or "completion" in record:
+        # Completions are often stored with a leading space for plain concatenation; in a chat
+        # turn that space would only be noise the model has to learn, so both sides are stripped.
+        prompt = _field_of(record, "prompt", error).strip()
+        completion = _field_of(record, "completion", error).strip()
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    if "instruction" in record or "output" in record:
+        instruction = _field_of(record, "instruction", error)
+        extra = record.get("input")
+        if extra is not None and not isinstance(extra, str):
+            raise error(f"field 'input' must be a string, got {type(extra).__name__}")
+        output = _field_of(record, "output", error)
+        user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
+    keys = ", ".join(sorted(map(str, record))) or "none"
+    raise error(
+        f"record matches none of the accepted formats (fields present: {keys}); expected one "
+        "of: " + "; ".join(ACCEPTED_FORMATS)
+    )
+
+
+def _to_example(record: Any, example_id: str, error: Error) -> Example:
+    messages = _to_messages(record, error)
+    family = _field_of(record, "family", error) if "family" in record else DEFAULT_FAMILY
+    return Example(
+        id=example_id, family=family, messages=messages, answer=messages[-1]["content"]
+    )
+
+
+def load_instruction_file(uri: str) -> list[Example]:
+    """Every record of a file, a folder (its ``*.jsonl``/``*.json``/``*.txt``) or a glob.
+
+    Files are read in sorted order, so ids and order are reproducible. An id is
+    ``file:line`` (``file[index]`` in a JSON array), which also says where to look. A file
+    without records is an error: an empty split would otherwise surface much later as a
+    trainer that has nothing to do.
+    """
+    fs, files = _resolve_files(uri)
+    examples: list[Example] = []
+    for path in files:
+        name = _display(fs, path)
+        before = len(examples)
+        for lineno, example_id, record in _iter_records(_iter_lines(fs, path, name), name):
+
+            def error(msg: str, n: int = lineno) -> DataError:
+                return at(name, n, msg)
+
+            examples.append(_to_example(record, example_id, error))
+        if len(examples) == before:
+            raise at(name, None, "has no records (expected JSON Lines of instruction records)")
+    return examples
+
+
+def load_instruction_sources(uris: list[str]) -> list[Example]:
+    """All records of ``uris`` in the order given; each URI as in ``load_instruction_file``."""
+    if not uris:
+        raise DataError("no instruction data sources given, so there are no records")
+    examples: list[Example] = []
+    for uri in uris:
+        examples.extend(load_instruction_file(uri))
+    return examples
