@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-HEADLINE = ("perplexity", "heldout_loss", "word_validity")
+HEADLINE = ("perplexity", "heldout_loss", "bigram_validity")
 
 
 def markdown_report(results: dict[str, dict[str, Any]]) -> str:

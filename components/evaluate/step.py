@@ -20,7 +20,7 @@ from components.data_prep.shards import read_shards
 from components.data_prep.step import dataset_refs, load_manifest
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.report import markdown_report
-from components.evaluate.samples import corpus_vocabulary, greedy_samples, word_validity
+from components.evaluate.samples import bigram_validity, corpus_bigrams, greedy_samples
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def _read_docs(uri: str) -> list[str]:
 
 
 def evaluate_checkpoint(
-    cfg: Config, checkpoint: str, heldout, vocabulary: set[str]
+    cfg: Config, checkpoint: str, heldout, bigrams: set[tuple[str, str]]
 ) -> dict[str, Any]:
     """Run every suite on one checkpoint folder."""
     with storage.local_copy(checkpoint, "checkpoint") as local:
@@ -39,7 +39,7 @@ def evaluate_checkpoint(
         model = load_model(local)
     metrics = heldout_perplexity(model, heldout, cfg.evaluate.batch_size)
     samples = greedy_samples(model, tokenizer, cfg.evaluate.sample_prompts, cfg.evaluate.max_new_tokens)
-    metrics["word_validity"] = word_validity(samples, vocabulary)
+    metrics["bigram_validity"] = bigram_validity(samples, bigrams)
     return {"metrics": metrics, "samples": samples}
 
 
@@ -58,17 +58,17 @@ def run_evaluate(
         manifest = load_manifest(data)
         held = manifest["pretrain"]["heldout"]
         heldout = read_shards(held["uri"], held["files"])[: cfg.evaluate.max_eval_blocks]
-        vocabulary = corpus_vocabulary(_read_docs(storage.join(data, "corpus", "train.jsonl")))
+        bigrams = corpus_bigrams(_read_docs(storage.join(data, "corpus", "train.jsonl")))
         ctx.tracker.log_datasets(
             ctx.mlflow_run_id, [r for r in dataset_refs(manifest) if r.context == "evaluation"]
         )
         results: dict[str, Any] = {}
         for name, uri in checkpoints.items():
             log.info("evaluating %s (%s)", name, uri)
-            results[name] = evaluate_checkpoint(cfg, uri, heldout, vocabulary)
+            results[name] = evaluate_checkpoint(cfg, uri, heldout, bigrams)
             results[name]["checkpoint_uri"] = uri
             metrics = results[name]["metrics"]
-            log.info("%s: perplexity %.2f, word validity %.2f", name, metrics["perplexity"], metrics["word_validity"])
+            log.info("%s: perplexity %.2f, bigram validity %.2f", name, metrics["perplexity"], metrics["bigram_validity"])
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
             model_id = (model_ids or {}).get(name)
             if model_id:

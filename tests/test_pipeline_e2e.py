@@ -1,0 +1,88 @@
+"""The README's run command end to end (KFP local + Ray + DeepSpeed + MLflow), small sizes,
+plus compilation for the cluster presets and the CLI's input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import SMALL
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.mark.e2e
+def test_tiny_pipeline_end_to_end(tmp_path):
+    overrides = [f"storage.root={tmp_path / 'runs'}", *SMALL, "pretrain.steps=300", "pretrain.checkpoint_every=150"]
+    args = ["run", "--run-id", "e2e"] + [x for o in overrides for x in ("--set", o)]
+    proc = _cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "run e2e finished" in proc.stdout
+
+    run_dir = tmp_path / "runs" / "e2e"
+    results = json.loads((run_dir / "eval" / "results.json").read_text())
+    init, pre = results["init"]["metrics"], results["pretrain"]["metrics"]
+    # pre-training did its job: held-out perplexity collapses, samples become corpus words
+    assert pre["perplexity"] < 0.05 * init["perplexity"], (init, pre)
+    assert pre["bigram_validity"] > 0.7 and init["bigram_validity"] < 0.3, (init, pre)
+    assert (run_dir / "checkpoints" / "pretrain" / "model.safetensors").is_file()
+    assert (run_dir / "checkpoints" / "pretrain" / "_COMPLETE").is_file()
+    assert "| pretrain |" in (run_dir / "eval" / "report.md").read_text()
+
+    # lineage from the pre-trained checkpoint reaches random init, through MLflow
+    lineage = _cli("lineage", "e2e", "--json", "--set", f"storage.root={tmp_path / 'runs'}", cwd=tmp_path)
+    assert lineage.returncode == 0, lineage.stderr[-2000:]
+    chain = json.loads(lineage.stdout)
+    assert [link["stage"] for link in chain] == ["pretrain", "init"]
+    assert chain[0]["parent_model_id"] == chain[1]["model_id"]
+    assert chain[1]["parent_model_id"] is None
+    assert any("pretrain-train" in d for d in chain[0]["datasets"])
+
+    # KFP artifacts point at storage, they do not copy checkpoints
+    pointers = list((run_dir / "kfp").rglob("pretrain_model"))
+    assert pointers and json.loads(pointers[0].read_text())["uri"].endswith("checkpoints/pretrain")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "gpu", "cluster"])
+def test_pipeline_compiles(preset, tmp_path):
+    out = tmp_path / f"{preset}.yaml"
+    proc = _cli("compile", "--preset", preset, "-o", str(out), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    spec = yaml.safe_load(out.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert set(tasks) == {"data-prep", "pretrain", "evaluate"}
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert {"config_json", "overrides", "run_id"} <= set(params)
+    assert json.loads(params["config_json"]["defaultValue"])["preset"] == preset
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert len(images) == 1
+
+
+def test_unknown_config_key_is_one_clear_error(tmp_path):
+    proc = _cli("run", "--set", "pretrain.stepz=5", "--set", f"storage.root={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "unknown config key 'pretrain.stepz'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was started or written
+
+
+def test_missing_corpus_is_named_before_anything_runs(tmp_path):
+    missing = tmp_path / "no-such-corpus.jsonl"
+    proc = _cli("run", "--set", f"data.sources=[{{uri: '{missing}'}}]", "--set", f"storage.root={tmp_path / 'runs'}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "no-such-corpus.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
