@@ -1,4 +1,4 @@
-"""The six steps as KFP v2 lightweight components (three today: data_prep, pretrain, evaluate).
+"""The six steps as KFP v2 lightweight components (today: data_prep, pretrain, sft, evaluate).
 
 Each body is deliberately thin: it turns KFP parameters and artifacts into a call of the
 stage's plain Python entry point (which the tests call directly) and records the result as
@@ -60,6 +60,30 @@ def pretrain(
     )
 
 
+def sft(
+    config_json: str,
+    overrides: str,
+    run_id: str,
+    data: Input[Dataset],
+    pretrain_model: Input[Model],
+    sft_model: Output[Model],
+):
+    """Instruction fine-tuning (stage 2) with TRL SFTTrainer in Ray Train + DeepSpeed."""
+    from components.common.kfp_io import read_pointer, stage_config, user_errors, write_pointer
+    from components.sft.step import run_sft
+
+    base = read_pointer(pretrain_model)
+    with user_errors("sft"):
+        out = run_sft(
+            stage_config(config_json, overrides), run_id, read_pointer(data)["uri"],
+            {"uri": base["uri"], "model_id": base.get("mlflow_model_id", "")},
+        )
+    write_pointer(
+        sft_model, out["uri"], mlflow_model_id=out["model_id"], stage="sft",
+        parent_model_id=base.get("mlflow_model_id", ""),
+    )
+
+
 def evaluate(
     config_json: str,
     overrides: str,
@@ -67,6 +91,7 @@ def evaluate(
     data: Input[Dataset],
     init_model: Input[Model],
     pretrain_model: Input[Model],
+    sft_model: Input[Model],
     metrics: Output[Metrics],
     report: Output[Markdown],
     results: Output[Artifact],
@@ -77,7 +102,11 @@ def evaluate(
     from components.common.kfp_io import read_pointer, stage_config, user_errors
     from components.evaluate.step import run_evaluate
 
-    pointers = {"init": read_pointer(init_model), "pretrain": read_pointer(pretrain_model)}
+    pointers = {
+        "init": read_pointer(init_model),
+        "pretrain": read_pointer(pretrain_model),
+        "sft": read_pointer(sft_model),
+    }
     with user_errors("evaluate"):
         out = run_evaluate(
             stage_config(config_json, overrides), run_id, read_pointer(data)["uri"],
@@ -98,6 +127,7 @@ def evaluate(
 class Components:
     data_prep: Callable
     pretrain: Callable
+    sft: Callable
     evaluate: Callable
 
 
@@ -107,4 +137,6 @@ def make_components(base_image: str) -> Components:
     def wrap(fn: Callable) -> Callable:
         return dsl.component(base_image=base_image, install_kfp_package=False)(fn)
 
-    return Components(data_prep=wrap(data_prep), pretrain=wrap(pretrain), evaluate=wrap(evaluate))
+    return Components(
+        data_prep=wrap(data_prep), pretrain=wrap(pretrain), sft=wrap(sft), evaluate=wrap(evaluate)
+    )

@@ -3,11 +3,7 @@ checkpoint behind while what data_prep wrote stays intact; a re-run resumes."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import threading
-import time
 
 import psutil
 import pytest
@@ -15,43 +11,17 @@ import pytest
 from components.common import storage
 from components.common.tracking import Tracker
 from components.data_prep.step import run_data_prep
-from components.pretrain.step import RAY_SNAPSHOT, checkpoint_uri, run_pretrain
+from components.pretrain.step import checkpoint_uri, run_pretrain
+from tests.faults import kill_worker_after_first_checkpoint
 
 STEPS = ["pretrain.steps=100", "pretrain.checkpoint_every=20", "pretrain.log_every=10", "pretrain.warmup_steps=5"]
-
-
-def _kill_a_worker_after(ray_run_dir: str, killed: list[int]) -> threading.Thread:
-    """SIGKILL the rank-1 training worker once Ray Train has registered a checkpoint.
-
-    The checkpoint names the process that wrote it (``rank-N.json``), so only this test's
-    worker is killed, never another Ray job's on the same machine.
-    """
-
-    def watch() -> None:
-        snapshot = os.path.join(ray_run_dir, RAY_SNAPSHOT)
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            try:
-                registered = json.loads(open(snapshot).read())["checkpoint_results"]
-                first = registered[0]["checkpoint_dir_name"]
-                pid = json.loads(open(os.path.join(ray_run_dir, first, "rank-1.json")).read())["pid"]
-            except (OSError, ValueError, KeyError, IndexError):
-                time.sleep(0.05)
-                continue
-            killed.append(pid)
-            os.kill(pid, signal.SIGKILL)
-            return
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_killed_worker_resumes_from_checkpoint(make_config, local_ray):
     cfg = make_config(*STEPS)
     manifest = run_data_prep(cfg, "kill")
     killed: list[int] = []
-    watcher = _kill_a_worker_after(os.path.join(cfg.storage.root, "kill", "ray", "pretrain"), killed)
+    watcher = kill_worker_after_first_checkpoint(os.path.join(cfg.storage.root, "kill", "ray", "pretrain"), killed)
     out = run_pretrain(cfg, "kill", manifest["data_uri"])
     watcher.join(timeout=5)
     assert killed, "no training worker was found to kill"
@@ -68,7 +38,7 @@ def test_failed_stage_leaves_no_checkpoint_and_rerun_resumes(make_config, local_
     manifest = run_data_prep(cfg, "fail")
     data_digest = manifest["pretrain"]["train"]["digest"]
     killed: list[int] = []
-    watcher = _kill_a_worker_after(os.path.join(cfg.storage.root, "fail", "ray", "pretrain"), killed)
+    watcher = kill_worker_after_first_checkpoint(os.path.join(cfg.storage.root, "fail", "ray", "pretrain"), killed)
     with pytest.raises(Exception):
         run_pretrain(cfg, "fail", manifest["data_uri"])
     watcher.join(timeout=5)

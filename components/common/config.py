@@ -115,7 +115,18 @@ class GeneratedCorpusConfig(_Strict):
     num_heldout_docs: int = Field(default=300, ge=1)
 
 
+class InstructionDataConfig(_Strict):
+    """Instruction/response pairs for SFT: user files (chat ``messages``, ``prompt``/
+    ``completion`` or ``instruction``/``input``/``output`` JSONL) or the generated task set."""
+
+    sources: list[str] = Field(default_factory=list, description="Files/folders/globs; empty = generated.")
+    heldout_fraction: float = Field(default=0.05, gt=0, lt=1)
+    num_train: int = Field(default=4000, ge=1)
+    num_heldout: int = Field(default=210, ge=1)
+
+
 class DataConfig(_Strict):
+    instructions: InstructionDataConfig = Field(default_factory=InstructionDataConfig)
     sources: list[DataSource] = Field(
         default_factory=list, description="User corpora; empty means the generated world."
     )
@@ -140,8 +151,29 @@ class PretrainConfig(_Strict):
     log_every: int = Field(default=10, ge=1)
 
 
+class SFTStageConfig(_Strict):
+    """Instruction fine-tuning with TRL's SFTTrainer (loss on assistant tokens only)."""
+
+    steps: int = Field(default=400, ge=1)
+    micro_batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    warmup_steps: int = Field(default=20, ge=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_length: int = Field(default=256, ge=16)
+    replay_ratio: float = Field(
+        default=0.5, ge=0,
+        description="Pre-training documents mixed in per instruction example, so SFT does not "
+        "erase the language model (held-out perplexity stays close to pre-training's).",
+    )
+    checkpoint_every: int = Field(default=100, ge=1)
+    log_every: int = Field(default=10, ge=1)
+
+
 class EvaluateConfig(_Strict):
     max_eval_blocks: int = Field(default=64, ge=1, description="Held-out blocks for perplexity.")
+    max_instruction_examples: int = Field(default=210, ge=1, description="Held-out prompts per checkpoint.")
+    instruction_max_new_tokens: int = Field(default=40, ge=1)
     batch_size: int = Field(default=16, ge=1)
     max_new_tokens: int = Field(default=24, ge=1)
     sample_prompts: list[str] = Field(
@@ -173,6 +205,7 @@ class Config(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 

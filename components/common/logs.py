@@ -7,14 +7,19 @@ import os
 import warnings
 
 
+OUR_LOGGERS = ("fromscratch", "components", "pipelines")
+
+
 def setup_logging(level: str | None = None) -> None:
+    """Our loggers at INFO (or FROMSCRATCH_LOG_LEVEL); third parties only at WARNING, since
+    some of them log pages of internals at INFO on the root logger."""
     logging.basicConfig(
-        level=(level or os.environ.get("FROMSCRATCH_LOG_LEVEL", "INFO")).upper(),
+        level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         force=True,
     )
-    # Third-party chatter that says nothing about our run.
-    for noisy in ("urllib3", "alembic", "mlflow.store", "filelock", "fsspec", "botocore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ours = (level or os.environ.get("FROMSCRATCH_LOG_LEVEL", "INFO")).upper()
+    for name in OUR_LOGGERS:
+        logging.getLogger(name).setLevel(ours)
     warnings.filterwarnings("ignore", message=".*torch_dtype.*")

@@ -336,6 +336,27 @@ FAMILIES: dict[str, Callable[[World, random.Random], Example]] = {
 }
 
 
+# The shape of a well-formed reply per family: what "follows the expected format" means in
+# evaluation, independent of whether the content is right. Families without an entry (user
+# data) are only checked for a clean, EOS-terminated assistant turn.
+REPLY_FORMATS: dict[str, re.Pattern[str]] = {
+    "fact_town": re.compile(r"^[A-Z][a-z]+ lives in [A-Z][a-z]+\.$"),
+    "fact_job": re.compile(r"^[A-Z][a-z]+ is an? [a-z ]+\.$"),
+    "fact_pet": re.compile(r"^[A-Z][a-z]+ has an? [a-z ]+\.$"),
+    "fact_color": re.compile(r"^[A-Z][a-z]+'s favourite colour is [a-z]+\.$"),
+    "arithmetic": re.compile(r"^\d+ [-+] \d+ = -?\d+\. " + re.escape(ANSWER_PREFIX) + r"-?\d+\.$"),
+    "uppercase": re.compile(r"^[A-Z]+$"),
+    "reverse_list": re.compile(r"^[a-z]+(, [a-z]+)+$"),
+}
+
+
+def well_formed(family: str, reply: str) -> bool:
+    """Does ``reply`` have the shape its family's replies have (content not checked)?"""
+    pattern = REPLY_FORMATS.get(family)
+    text = reply.strip()
+    return bool(text) and (pattern is None or bool(pattern.match(text)))
+
+
 # -- the splits ------------------------------------------------------------------------------
 
 

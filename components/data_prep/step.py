@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,11 @@ from components.common.config import Config
 from components.common.errors import DataError
 from components.common.stage import StageContext, stage_context
 from components.common.tracking import DatasetRef
+from components.data_prep.chat_loaders import load_instruction_sources
 from components.data_prep.corpus import generate_corpus
+from components.data_prep.instructions import Example, generate_instructions, to_record
 from components.data_prep.loaders import load_corpus
+from components.data_prep.world import World, build_world
 from components.data_prep.shards import pack_documents, write_shards
 from components.data_prep.tokenizer import train_tokenizer
 
@@ -59,10 +63,39 @@ def _corpus(cfg: Config) -> tuple[list[str], list[str], dict[str, Any] | None, s
     return train, heldout, world.to_dict(), f"generated world (seed {cfg.seed})"
 
 
-def _write_jsonl(uri: str, docs: list[str]) -> None:
-    with storage.open_uri(uri, "w") as fh:
-        for doc in docs:
-            fh.write(json.dumps({"text": doc}) + "\n")
+def _write_jsonl(uri: str, records: list[dict[str, Any]]) -> str:
+    """Write JSONL and return the SHA-256 of exactly the bytes written."""
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    with storage.open_uri(uri, "wb") as fh:
+        fh.write(payload)
+    return hashlib.sha256(payload).hexdigest()
+
+
+def _instructions(cfg: Config, world: dict[str, Any] | None) -> tuple[list[Example], list[Example], str]:
+    """(train, held-out, source description) instruction examples."""
+    icfg = cfg.data.instructions
+    if icfg.sources:
+        examples = load_instruction_sources(icfg.sources)
+        order = list(range(len(examples)))
+        random.Random(cfg.seed).shuffle(order)
+        n_held = max(1, round(len(examples) * icfg.heldout_fraction))
+        if len(examples) - n_held < 1:
+            raise DataError(
+                f"instruction data {', '.join(icfg.sources)} has {len(examples)} records: "
+                "too few for a train split and a held-out split"
+            )
+        heldout = [examples[i] for i in order[:n_held]]
+        train = [examples[i] for i in order[n_held:]]
+        return train, heldout, ", ".join(icfg.sources)
+    # Generated tasks are about the generated world (rebuilt from the seed when the
+    # pre-training corpus came from the user).
+    w = World.from_dict(world) if world else build_world(cfg.seed, cfg.data.generated.num_people)
+    train, heldout = generate_instructions(w, cfg.seed, icfg.num_train, icfg.num_heldout)
+    return train, heldout, f"generated tasks (seed {cfg.seed})"
+
+
+def _chat_text(example: Example) -> str:
+    return "\n".join(m["content"] for m in example.messages)
 
 
 def prepare(ctx: StageContext) -> dict[str, Any]:
@@ -77,8 +110,15 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         raise DataError(f"the held-out split is empty ({source})")
     log.info("corpus: %d train / %d held-out documents from %s", len(train_docs), len(heldout_docs), source)
 
+    sft_train, sft_heldout, sft_source = _instructions(cfg, world)
+    if not sft_train or not sft_heldout:
+        raise DataError(f"instruction data has an empty {'train' if not sft_train else 'held-out'} split ({sft_source})")
+    log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
+
     storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
-    tokenizer = train_tokenizer(train_docs, cfg.data.vocab_size, cfg.data.tokenizer_min_frequency)
+    tokenizer = train_tokenizer(
+        train_docs + [_chat_text(e) for e in sft_train], cfg.data.vocab_size, cfg.data.tokenizer_min_frequency
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         storage.upload_dir(tmp, storage.join(out, "tokenizer"))
@@ -96,8 +136,13 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         splits[split] = write_shards(blocks, shard_dir, split, cfg.data.shard_blocks)
         log.info("%s: %d blocks of %d tokens", split, blocks.shape[0], seq_len)
 
-    _write_jsonl(storage.join(out, "corpus", "train.jsonl"), train_docs)
-    _write_jsonl(storage.join(out, "corpus", "heldout.jsonl"), heldout_docs)
+    _write_jsonl(storage.join(out, "corpus", "train.jsonl"), [{"text": d} for d in train_docs])
+    _write_jsonl(storage.join(out, "corpus", "heldout.jsonl"), [{"text": d} for d in heldout_docs])
+    sft = {}
+    for split, examples in (("train", sft_train), ("heldout", sft_heldout)):
+        uri = storage.join(out, "sft", f"{split}.jsonl")
+        digest = _write_jsonl(uri, [to_record(e) for e in examples])
+        sft[split] = {"uri": uri, "digest": digest, "num_examples": len(examples)}
     if world is not None:
         storage.write_json(storage.join(out, "world.json"), world)
 
@@ -118,6 +163,7 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
             }
             for split, s in splits.items()
         },
+        "sft": {"source": sft_source, **sft},
         "seconds": round(time.perf_counter() - started, 2),
     }
     storage.write_json(storage.join(out, MANIFEST), manifest)
@@ -125,17 +171,22 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     return manifest
 
 
-def dataset_refs(manifest: dict[str, Any]) -> list[DatasetRef]:
-    """The datasets a manifest describes, as lineage records."""
-    return [
-        DatasetRef(
-            name=f"pretrain-{split}",
-            uri=info["uri"],
-            digest=info["digest"],
-            context="training" if split == "train" else "evaluation",
-        )
-        for split, info in manifest["pretrain"].items()
-    ]
+def dataset_refs(manifest: dict[str, Any], kinds: tuple[str, ...] = ("pretrain", "sft")) -> list[DatasetRef]:
+    """The datasets a manifest describes (``pretrain-train``, ``sft-heldout``, ...), as lineage
+    records."""
+    refs = []
+    for kind in kinds:
+        for split in ("train", "heldout"):
+            info = manifest[kind][split]
+            refs.append(
+                DatasetRef(
+                    name=f"{kind}-{split}",
+                    uri=info["uri"],
+                    digest=info["digest"],
+                    context="training" if split == "train" else "evaluation",
+                )
+            )
+    return refs
 
 
 def load_manifest(data: str) -> dict[str, Any]:
@@ -159,6 +210,7 @@ def run_data_prep(cfg: Config, run_id: str) -> dict[str, Any]:
                     "train_tokens": manifest["pretrain"]["train"]["num_tokens"],
                     "heldout_tokens": manifest["pretrain"]["heldout"]["num_tokens"],
                     "vocab_size": manifest["vocab_size"],
+                    "sft_train_examples": manifest["sft"]["train"]["num_examples"],
                 },
             )
             ctx.tracker.log_params(ctx.mlflow_run_id, {"data_source": manifest["source"]})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-HEADLINE = ("perplexity", "heldout_loss", "bigram_validity")
+HEADLINE = ("perplexity", "heldout_loss", "bigram_validity", "instruct.compliance", "instruct.accuracy")
 
 
 def markdown_report(results: dict[str, dict[str, Any]]) -> str:
@@ -19,6 +19,16 @@ def markdown_report(results: dict[str, dict[str, Any]]) -> str:
         values = results[name]["metrics"]
         cells = [_fmt(values.get(c)) for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Instruction following (held-out prompts, greedy)", ""]
+    for name in names:
+        rows = results[name].get("instruction_samples", [])
+        if not rows:
+            continue
+        lines.append(f"### {name}")
+        for row in rows:
+            reply = row["reply"].replace("\n", " ").replace("|", "\\|")
+            lines.append(f"- *{row['family']}* **{row['prompt']}** → {reply}  (expected: {row['expected']})")
+        lines.append("")
     lines += ["", "## Samples (greedy)", ""]
     for name in names:
         lines.append(f"### {name}")

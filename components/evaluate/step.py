@@ -18,6 +18,8 @@ from components.common.modeling import load_model, load_tokenizer
 from components.common.stage import stage_context
 from components.data_prep.shards import read_shards
 from components.data_prep.step import dataset_refs, load_manifest
+from components.data_prep.instructions import Example, from_record
+from components.evaluate.instruct import score_instructions
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.report import markdown_report
 from components.evaluate.samples import bigram_validity, corpus_bigrams, greedy_samples
@@ -25,13 +27,17 @@ from components.evaluate.samples import bigram_validity, corpus_bigrams, greedy_
 log = logging.getLogger(__name__)
 
 
-def _read_docs(uri: str) -> list[str]:
+def _read_jsonl(uri: str) -> list[dict[str, Any]]:
     with storage.open_uri(uri, "r") as fh:
-        return [json.loads(line)["text"] for line in fh if line.strip()]
+        return [json.loads(line) for line in fh if line.strip()]
 
 
 def evaluate_checkpoint(
-    cfg: Config, checkpoint: str, heldout, bigrams: set[tuple[str, str]]
+    cfg: Config,
+    checkpoint: str,
+    heldout,
+    bigrams: set[tuple[str, str]],
+    instructions: list[Example],
 ) -> dict[str, Any]:
     """Run every suite on one checkpoint folder."""
     with storage.local_copy(checkpoint, "checkpoint") as local:
@@ -40,7 +46,11 @@ def evaluate_checkpoint(
     metrics = heldout_perplexity(model, heldout, cfg.evaluate.batch_size)
     samples = greedy_samples(model, tokenizer, cfg.evaluate.sample_prompts, cfg.evaluate.max_new_tokens)
     metrics["bigram_validity"] = bigram_validity(samples, bigrams)
-    return {"metrics": metrics, "samples": samples}
+    instruct, instruct_samples = score_instructions(
+        model, tokenizer, instructions, cfg.evaluate.instruction_max_new_tokens
+    )
+    metrics.update({f"instruct.{k}": v for k, v in instruct.items()})
+    return {"metrics": metrics, "samples": samples, "instruction_samples": instruct_samples}
 
 
 def run_evaluate(
@@ -58,17 +68,23 @@ def run_evaluate(
         manifest = load_manifest(data)
         held = manifest["pretrain"]["heldout"]
         heldout = read_shards(held["uri"], held["files"])[: cfg.evaluate.max_eval_blocks]
-        bigrams = corpus_bigrams(_read_docs(storage.join(data, "corpus", "train.jsonl")))
+        bigrams = corpus_bigrams([r["text"] for r in _read_jsonl(storage.join(data, "corpus", "train.jsonl"))])
+        instructions = [from_record(r) for r in _read_jsonl(manifest["sft"]["heldout"]["uri"])]
+        instructions = instructions[: cfg.evaluate.max_instruction_examples]
         ctx.tracker.log_datasets(
             ctx.mlflow_run_id, [r for r in dataset_refs(manifest) if r.context == "evaluation"]
         )
         results: dict[str, Any] = {}
         for name, uri in checkpoints.items():
             log.info("evaluating %s (%s)", name, uri)
-            results[name] = evaluate_checkpoint(cfg, uri, heldout, bigrams)
+            results[name] = evaluate_checkpoint(cfg, uri, heldout, bigrams, instructions)
             results[name]["checkpoint_uri"] = uri
             metrics = results[name]["metrics"]
-            log.info("%s: perplexity %.2f, bigram validity %.2f", name, metrics["perplexity"], metrics["bigram_validity"])
+            log.info(
+                "%s: perplexity %.2f, bigram validity %.2f, instruction compliance %.2f, accuracy %.2f",
+                name, metrics["perplexity"], metrics["bigram_validity"],
+                metrics["instruct.compliance"], metrics["instruct.accuracy"],
+            )
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
             model_id = (model_ids or {}).get(name)
             if model_id:

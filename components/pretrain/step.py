@@ -104,7 +104,7 @@ def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
                 "ray.num_workers": cfg.ray.num_workers,
             },
         )
-        train_ref = [r for r in dataset_refs(manifest) if r.context == "training"]
+        train_ref = [r for r in dataset_refs(manifest, ("pretrain",)) if r.context == "training"]
         ctx.tracker.log_datasets(ctx.mlflow_run_id, train_ref)
         ray_uri = storage.join(ctx.run_uri, "ray")
         resume = latest_ray_checkpoint(storage.join(ray_uri, "pretrain"))

@@ -80,28 +80,6 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-class MetricsSink:
-    """Rank 0's MLflow logging into the stage run the driver opened (run id passed in)."""
-
-    def __init__(self, tracking_uri: str | None, run_id: str | None, enabled: bool):
-        self.client = None
-        self.run_id = run_id
-        if enabled and tracking_uri and run_id:
-            from mlflow import MlflowClient
-
-            self.client = MlflowClient(tracking_uri)
-
-    def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(
-            self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()]
-        )
-
-
 def _save_hf_model(engine, zero_stage: int, out_uri: str, tokenizer_dir: str, rank: int) -> None:
     """Write the final Hugging Face folder (safetensors + tokenizer) from rank 0."""
     from components.common import storage
@@ -130,6 +108,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.common.config import Config
     from components.common.deepspeed_config import build_deepspeed_config
     from components.common.logs import setup_logging
+    from components.common.metrics_sink import MetricsSink
     from components.common.modeling import load_model
     from components.data_prep.shards import read_shards
 

@@ -1,0 +1,143 @@
+"""What every Ray Train worker running a Hugging Face / TRL trainer needs.
+
+TRL trainers do the training; this module only connects them to the rest of the pipeline:
+thread count per worker, the starting checkpoint fetched from storage, precision flags decided
+from the hardware, the DeepSpeed config, MLflow logging from rank 0, resuming from the
+checkpoint Ray Train hands back after a failure, and publishing the final model folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from components.common import storage
+from components.common.config import Config
+from components.common.deepspeed_config import build_deepspeed_config, resolve_precision
+from components.common.metrics_sink import MetricsSink
+
+log = logging.getLogger("fromscratch.worker")
+
+
+def worker_setup(cfg: Config) -> tuple[int, int]:
+    """Threads per worker from the preset; returns (world rank, world size)."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    torch.set_num_threads(cfg.ray.torch_threads_per_worker or max(1, int(cfg.ray.cpus_per_worker)))
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def fetch_checkpoint(uri: str) -> Path:
+    """A local copy of a finished checkpoint folder (kept for the worker's lifetime)."""
+    storage.require_complete(uri, "checkpoint")
+    return storage.download_dir(uri, tempfile.mkdtemp(prefix="ckpt-"))
+
+
+def trainer_precision_args(cfg: Config) -> dict[str, Any]:
+    """``use_cpu``/``bf16``/``fp16`` for HF TrainingArguments, decided from the hardware."""
+    precision = resolve_precision(cfg.deepspeed)
+    return {
+        "use_cpu": not torch.cuda.is_available(),
+        "bf16": precision == "bf16",
+        "fp16": precision == "fp16",
+    }
+
+
+def trainer_deepspeed(cfg: Config, micro_batch_size: int, grad_accum: int) -> dict[str, Any]:
+    return build_deepspeed_config(cfg.deepspeed, micro_batch_size, grad_accum)
+
+
+class MlflowLogCallback(TrainerCallback):
+    """Forward the trainer's logs (loss, lr, grad norm, rewards...) to the stage's MLflow run."""
+
+    def __init__(self, sink: MetricsSink, prefix: str = "") -> None:
+        self.sink = sink
+        self.prefix = prefix
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401 - HF hook
+        if not logs or not state.is_world_process_zero:
+            return
+        numeric = {f"{self.prefix}{k}": v for k, v in logs.items() if isinstance(v, (int, float))}
+        self.sink.log(numeric, step=state.global_step)
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in numeric.items() if k.endswith(("loss", "reward", "learning_rate")))
+        log.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+
+
+class CheckpointOwnerCallback(TrainerCallback):
+    """Write ``rank-N.json`` (pid, host, step) into each checkpoint this worker saves, so an
+    operator (or a fault-injection test) can tell which process wrote it. Added before Ray's
+    report callback, which copies the folder into Ray Train's storage."""
+
+    def __init__(self, rank: int) -> None:
+        self.rank = rank
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if folder.is_dir():
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "step": state.global_step}
+            (folder / f"rank-{self.rank}.json").write_text(json.dumps(info))
+
+
+def add_pipeline_callbacks(trainer, rank: int, config: dict[str, Any]) -> None:
+    """MLflow logging, checkpoint ownership, then Ray Train reporting (order matters)."""
+    from ray.train.huggingface.transformers import RayTrainReportCallback
+
+    sink = MetricsSink(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
+    trainer.add_callback(MlflowLogCallback(sink))
+    trainer.add_callback(CheckpointOwnerCallback(rank))
+    trainer.add_callback(RayTrainReportCallback())
+
+
+def restored_checkpoint() -> tuple[str | None, int]:
+    """The HF checkpoint folder Ray Train restored after a failure (or a re-run), and its step."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return None, 0
+    local = checkpoint.to_directory(tempfile.mkdtemp(prefix="restore-"))
+    path = Path(local) / "checkpoint"
+    state = path / "trainer_state.json"
+    step = 0
+    if state.is_file():
+        step = int(json.loads(state.read_text()).get("global_step", 0))
+    else:
+        match = re.search(r"(\d+)$", str(path))
+        step = int(match.group(1)) if match else 0
+    log.info("resuming from restored checkpoint at step %d", step)
+    return str(path), step
+
+
+SUMMARY_FILE = "train_summary.json"
+
+
+def publish_model(trainer, tokenizer, out_uri: str, rank: int, summary: dict[str, Any]) -> None:
+    """Write the final Hugging Face folder (safetensors + tokenizer + a training summary)
+    from rank 0 to storage. ``trainer.save_model`` gathers ZeRO-3 shards when needed, so
+    every rank calls it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer.save_model(tmp)
+        if rank == 0:
+            tokenizer.save_pretrained(tmp)
+            Path(tmp, "training_args.bin").unlink(missing_ok=True)
+            Path(tmp, SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+            storage.upload_dir(tmp, out_uri)
+
+
+def read_summary(out_uri: str) -> dict[str, Any]:
+    """What the workers' rank 0 wrote when training ended; a missing file means it did not."""
+    uri = storage.join(out_uri, SUMMARY_FILE)
+    if not storage.exists(uri):
+        raise RuntimeError(f"training ended without publishing its model to {out_uri}")
+    return storage.read_json(uri)
+

@@ -1,0 +1,113 @@
+"""The SFT loop inside each Ray Train worker: TRL's SFTTrainer under DeepSpeed.
+
+The conversations are rendered with the tokenizer's chat template, and the loss covers only
+the assistant's tokens (the template's generation markers give the mask): the model learns to
+answer, not to imitate the user's questions. A share of pre-training documents is replayed
+alongside, with loss on every token, so the model keeps its language modelling.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from typing import Any
+
+
+def read_examples(uri: str) -> list[dict[str, Any]]:
+    from components.common import storage
+
+    with storage.open_uri(uri, "r") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def build_sft_dataset(
+    tokenizer, conversations: list[list[dict[str, str]]], replay_docs: list[str], max_length: int, seed: int
+):
+    """One pre-tokenized dataset: conversations with loss on assistant tokens only, plus
+    pre-training documents (replay) with loss on every token.
+
+    TRL accepts pre-tokenized rows (``input_ids`` + ``assistant_masks``) and turns the masks
+    into labels; that is what lets both kinds of rows share a batch.
+    """
+    import random
+
+    from datasets import Dataset
+
+    rows = []
+    for messages in conversations:
+        enc = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        rows.append({"input_ids": list(enc["input_ids"])[:max_length], "assistant_masks": list(enc["assistant_masks"])[:max_length]})
+    for doc in replay_docs:
+        ids = (tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_length]
+        rows.append({"input_ids": ids, "assistant_masks": [1] * len(ids)})
+    random.Random(seed).shuffle(rows)
+    return Dataset.from_list(rows)
+
+
+def replay_sample(docs: list[str], count: int, seed: int) -> list[str]:
+    import random
+
+    if not docs or count <= 0:
+        return []
+    rng = random.Random(seed)
+    return [docs[rng.randrange(len(docs))] for _ in range(count)]
+
+
+def sft_train_loop(config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker."""
+    from ray.train.huggingface.transformers import prepare_trainer
+    from trl import SFTConfig, SFTTrainer
+
+    from components.common import hf_worker
+    from components.common.config import Config
+    from components.common.logs import setup_logging
+    from components.common.modeling import load_model, load_tokenizer
+
+    setup_logging()
+    cfg = Config.from_json(config["cfg"])
+    sc = cfg.sft
+    rank, _world = hf_worker.worker_setup(cfg)
+    source = hf_worker.fetch_checkpoint(config["base_uri"])
+    tokenizer = load_tokenizer(source)
+    model = load_model(source)
+    conversations = [r["messages"] for r in read_examples(config["train_uri"])]
+    corpus = [r["text"] for r in read_examples(config["replay_uri"])] if sc.replay_ratio > 0 else []
+    replay = replay_sample(corpus, int(len(conversations) * sc.replay_ratio), cfg.seed)
+    train = build_sft_dataset(tokenizer, conversations, replay, sc.max_length, cfg.seed)
+
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="sft-"),
+        max_steps=sc.steps,
+        per_device_train_batch_size=sc.micro_batch_size,
+        gradient_accumulation_steps=sc.grad_accum,
+        learning_rate=sc.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=sc.warmup_steps,
+        weight_decay=sc.weight_decay,
+        max_grad_norm=cfg.deepspeed.gradient_clipping,
+        logging_steps=sc.log_every,
+        save_strategy="steps",
+        save_steps=sc.checkpoint_every,
+        save_total_limit=1,
+        report_to="none",
+        disable_tqdm=True,
+        seed=cfg.seed,
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,
+        # assistant-only loss comes from our pre-tokenized ``assistant_masks`` (see above);
+        # TRL's own flag is for raw conversational datasets only.
+        max_length=sc.max_length,
+        packing=False,
+        deepspeed=hf_worker.trainer_deepspeed(cfg, sc.micro_batch_size, sc.grad_accum),
+        **hf_worker.trainer_precision_args(cfg),
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    hf_worker.add_pipeline_callbacks(trainer, rank, config)
+    trainer = prepare_trainer(trainer)
+
+    resume, start_step = hf_worker.restored_checkpoint()
+    result = trainer.train(resume_from_checkpoint=resume)
+    summary = {"train_loss": float(result.training_loss), "step": trainer.state.global_step, "resumed_from": start_step}
+    hf_worker.publish_model(trainer, tokenizer, config["output_uri"], rank, summary)
