@@ -27,7 +27,11 @@ def _cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProce
 
 @pytest.mark.e2e
 def test_tiny_pipeline_end_to_end(tmp_path):
-    overrides = [f"storage.root={tmp_path / 'runs'}", *SMALL, "pretrain.steps=300", "pretrain.checkpoint_every=150"]
+    overrides = [
+        f"storage.root={tmp_path / 'runs'}", *SMALL, "pretrain.steps=300", "pretrain.checkpoint_every=150",
+        "sft.steps=300", "sft.checkpoint_every=150", "data.instructions.num_train=2000",
+        "data.instructions.num_heldout=70",
+    ]
     args = ["run", "--run-id", "e2e"] + [x for o in overrides for x in ("--set", o)]
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -39,6 +43,12 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     # pre-training did its job: held-out perplexity collapses, samples become corpus words
     assert pre["perplexity"] < 0.05 * init["perplexity"], (init, pre)
     assert pre["bigram_validity"] > 0.7 and init["bigram_validity"] < 0.3, (init, pre)
+    # SFT did its job: the chat format is followed, which neither earlier checkpoint does,
+    # and the language model survives (held-out perplexity stays near pre-training's)
+    sft = results["sft"]["metrics"]
+    assert sft["instruct.compliance"] > 0.8, sft
+    assert init["instruct.compliance"] < 0.05 and pre["instruct.compliance"] < 0.05, (init, pre)
+    assert sft["perplexity"] < 3 * pre["perplexity"], (pre, sft)
     assert (run_dir / "checkpoints" / "pretrain" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "pretrain" / "_COMPLETE").is_file()
     assert "| pretrain |" in (run_dir / "eval" / "report.md").read_text()
@@ -47,10 +57,12 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     lineage = _cli("lineage", "e2e", "--json", "--set", f"storage.root={tmp_path / 'runs'}", cwd=tmp_path)
     assert lineage.returncode == 0, lineage.stderr[-2000:]
     chain = json.loads(lineage.stdout)
-    assert [link["stage"] for link in chain] == ["pretrain", "init"]
+    assert [link["stage"] for link in chain] == ["sft", "pretrain", "init"]
     assert chain[0]["parent_model_id"] == chain[1]["model_id"]
-    assert chain[1]["parent_model_id"] is None
-    assert any("pretrain-train" in d for d in chain[0]["datasets"])
+    assert chain[1]["parent_model_id"] == chain[2]["model_id"]
+    assert chain[2]["parent_model_id"] is None
+    assert any("sft-train" in d for d in chain[0]["datasets"])
+    assert any("pretrain-train" in d for d in chain[1]["datasets"])
 
     # KFP artifacts point at storage, they do not copy checkpoints
     pointers = list((run_dir / "kfp").rglob("pretrain_model"))
