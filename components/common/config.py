@@ -125,8 +125,19 @@ class InstructionDataConfig(_Strict):
     num_heldout: int = Field(default=210, ge=1)
 
 
+class PreferenceDataConfig(_Strict):
+    """Chosen/rejected pairs: user JSONL (``prompt``/``chosen``/``rejected`` strings or chat
+    messages, or Human/Assistant transcripts) or pairs generated against the oracle."""
+
+    sources: list[str] = Field(default_factory=list, description="Files/folders/globs; empty = generated.")
+    heldout_fraction: float = Field(default=0.05, gt=0, lt=1)
+    num_train: int = Field(default=3000, ge=1)
+    num_heldout: int = Field(default=200, ge=1)
+
+
 class DataConfig(_Strict):
     instructions: InstructionDataConfig = Field(default_factory=InstructionDataConfig)
+    preferences: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig)
     sources: list[DataSource] = Field(
         default_factory=list, description="User corpora; empty means the generated world."
     )
@@ -170,10 +181,68 @@ class SFTStageConfig(_Strict):
     log_every: int = Field(default=10, ge=1)
 
 
+class RewardModelConfig(_Strict):
+    """The reward model: a scalar head on the SFT checkpoint, trained with TRL RewardTrainer."""
+
+    steps: int = Field(default=300, ge=1)
+    micro_batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=5e-4, gt=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    max_length: int = Field(default=256, ge=16)
+    checkpoint_every: int = Field(default=100, ge=1)
+    log_every: int = Field(default=20, ge=1)
+
+
+class PPOStageConfig(_Strict):
+    """The project's PPO (TRL no longer ships one): policy + value head against the reward model."""
+
+    iterations: int = Field(default=40, ge=1)
+    prompts_per_worker: int = Field(default=16, ge=1, description="Rollout batch per worker and iteration.")
+    lr: float = Field(default=2e-5, gt=0)
+    kl_coef: float = Field(default=0.05, ge=0)
+    gamma: float = Field(default=1.0, gt=0, le=1)
+    lam: float = Field(default=0.95, gt=0, le=1)
+    clip_range: float = Field(default=0.2, gt=0)
+    clip_range_value: float = Field(default=0.2, gt=0)
+    vf_coef: float = Field(default=0.5, ge=0)
+    ppo_epochs: int = Field(default=2, ge=1)
+    minibatch_size: int = Field(default=8, ge=1)
+    max_new_tokens: int = Field(default=24, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    missing_eos_penalty: float = Field(default=1.0, ge=0)
+    checkpoint_every: int = Field(default=10, ge=1)
+
+
+class DPOStageConfig(_Strict):
+    """DPO with TRL DPOTrainer: the cheaper alternative (no reward model in the loop)."""
+
+    steps: int = Field(default=200, ge=1)
+    micro_batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    lr: float = Field(default=1e-4, gt=0)
+    beta: float = Field(default=0.1, gt=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    max_length: int = Field(default=256, ge=16)
+    checkpoint_every: int = Field(default=100, ge=1)
+    log_every: int = Field(default=20, ge=1)
+
+
+class PreferenceStageConfig(_Strict):
+    algorithm: Literal["ppo", "dpo"] = "ppo"
+    reward: RewardModelConfig = Field(default_factory=RewardModelConfig)
+    ppo: PPOStageConfig = Field(default_factory=PPOStageConfig)
+    dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
+
+
 class EvaluateConfig(_Strict):
     max_eval_blocks: int = Field(default=64, ge=1, description="Held-out blocks for perplexity.")
     max_instruction_examples: int = Field(default=210, ge=1, description="Held-out prompts per checkpoint.")
     instruction_max_new_tokens: int = Field(default=40, ge=1)
+    max_preference_examples: int = Field(default=200, ge=1, description="Held-out pairs / prompts.")
+    sample_temperature: float = Field(
+        default=1.0, gt=0, description="Sampling temperature of the win-rate replies (policies are sampled)."
+    )
     batch_size: int = Field(default=16, ge=1)
     max_new_tokens: int = Field(default=24, ge=1)
     sample_prompts: list[str] = Field(
@@ -193,6 +262,9 @@ class PipelineConfig(_Strict):
     name: str = "fromscratch"
 
 
+from components.common.kubernetes_config import KubernetesConfig  # noqa: E402
+
+
 class Config(_Strict):
     """The whole run configuration; one instance is resolved per pipeline run."""
 
@@ -206,8 +278,10 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+    preference: PreferenceStageConfig = Field(default_factory=PreferenceStageConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 
     def to_json(self) -> str:
         return self.model_dump_json()

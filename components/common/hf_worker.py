@@ -43,6 +43,32 @@ def fetch_checkpoint(uri: str) -> Path:
     return storage.download_dir(uri, tempfile.mkdtemp(prefix="ckpt-"))
 
 
+def common_training_args(cfg: Config, stage: Any, prefix: str) -> dict[str, Any]:
+    """The TrainingArguments every TRL trainer here shares, from a stage's config section
+    (steps, micro_batch_size, grad_accum, lr, warmup_steps, checkpoint_every, log_every)."""
+    return {
+        "output_dir": tempfile.mkdtemp(prefix=f"{prefix}-"),
+        "max_steps": stage.steps,
+        "per_device_train_batch_size": stage.micro_batch_size,
+        "gradient_accumulation_steps": stage.grad_accum,
+        "learning_rate": stage.lr,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": stage.warmup_steps,
+        "max_grad_norm": cfg.deepspeed.gradient_clipping,
+        "logging_steps": stage.log_every,
+        "save_strategy": "steps",
+        "save_steps": stage.checkpoint_every,
+        "save_total_limit": 1,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "seed": cfg.seed,
+        "dataloader_num_workers": 0,
+        "gradient_checkpointing": False,
+        "deepspeed": build_deepspeed_config(cfg.deepspeed, stage.micro_batch_size, stage.grad_accum),
+        **trainer_precision_args(cfg),
+    }
+
+
 def trainer_precision_args(cfg: Config) -> dict[str, Any]:
     """``use_cpu``/``bf16``/``fp16`` for HF TrainingArguments, decided from the hardware."""
     precision = resolve_precision(cfg.deepspeed)
@@ -51,10 +77,6 @@ def trainer_precision_args(cfg: Config) -> dict[str, Any]:
         "bf16": precision == "bf16",
         "fp16": precision == "fp16",
     }
-
-
-def trainer_deepspeed(cfg: Config, micro_batch_size: int, grad_accum: int) -> dict[str, Any]:
-    return build_deepspeed_config(cfg.deepspeed, micro_batch_size, grad_accum)
 
 
 class MlflowLogCallback(TrainerCallback):
@@ -93,9 +115,28 @@ def add_pipeline_callbacks(trainer, rank: int, config: dict[str, Any]) -> None:
     from ray.train.huggingface.transformers import RayTrainReportCallback
 
     sink = MetricsSink(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
-    trainer.add_callback(MlflowLogCallback(sink))
+    trainer.add_callback(MlflowLogCallback(sink, prefix=config.get("metric_prefix", "")))
     trainer.add_callback(CheckpointOwnerCallback(rank))
     trainer.add_callback(RayTrainReportCallback())
+
+
+def train_and_publish(trainer, tokenizer, rank: int, config: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Hook the trainer into the pipeline, train (resuming if Ray restored a checkpoint), and
+    publish the final model with its summary."""
+    from ray.train.huggingface.transformers import prepare_trainer
+
+    add_pipeline_callbacks(trainer, rank, config)
+    trainer = prepare_trainer(trainer)
+    resume, start_step = restored_checkpoint()
+    result = trainer.train(resume_from_checkpoint=resume)
+    summary = {
+        "train_loss": float(result.training_loss),
+        "step": trainer.state.global_step,
+        "resumed_from": start_step,
+        **(extra or {}),
+    }
+    publish_model(trainer, tokenizer, config["output_uri"], rank, summary)
+    return summary
 
 
 def restored_checkpoint() -> tuple[str | None, int]:

@@ -90,3 +90,20 @@ def fit(
         ),
     )
     return trainer.fit()
+
+
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def latest_ray_checkpoint(ray_uri: str) -> str | None:
+    """The newest checkpoint Ray Train registered in this run folder, if any.
+
+    Ray Train V2 resumes by itself when a trainer reuses a run folder (same ``storage_path``
+    and ``name``): its snapshot makes ``ray.train.get_checkpoint()`` return this checkpoint.
+    We only read it to say so in the log.
+    """
+    snapshot_uri = storage.join(ray_uri, RAY_SNAPSHOT)
+    if not storage.exists(snapshot_uri):
+        return None
+    names = [r["checkpoint_dir_name"] for r in storage.read_json(snapshot_uri).get("checkpoint_results", [])]
+    return storage.join(ray_uri, max(names)) if names else None

@@ -91,6 +91,12 @@ def read_json(uri: str) -> Any:
     return json.loads(read_text(uri))
 
 
+def read_jsonl(uri: str) -> list[Any]:
+    """Every record of a JSONL file the project itself wrote (user files go through loaders)."""
+    with open_uri(uri, "r") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
 def remove(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.exists(path):

@@ -162,6 +162,7 @@ class Tracker:
         parent_model_id: str | None,
         datasets: list[DatasetRef],
         params: dict[str, Any] | None = None,
+        model_type: str = "causal-lm",
     ) -> str:
         """Record a finished checkpoint as a LoggedModel; returns its model id."""
         from mlflow.entities import LoggedModelInput, LoggedModelStatus
@@ -176,7 +177,7 @@ class Tracker:
         }
         model = self.client.create_logged_model(
             self.experiment_id, name=f"{stage}", source_run_id=mlflow_run_id, tags=tags,
-            params={k: str(v) for k, v in (params or {}).items()}, model_type="causal-lm",
+            params={k: str(v) for k, v in (params or {}).items()}, model_type=model_type,
         )
         if self.log_artifacts and local_dir is not None:
             self.client.log_model_artifacts(model.model_id, str(local_dir))

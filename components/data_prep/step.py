@@ -26,6 +26,8 @@ from components.data_prep.chat_loaders import load_instruction_sources
 from components.data_prep.corpus import generate_corpus
 from components.data_prep.instructions import Example, generate_instructions, to_record
 from components.data_prep.loaders import load_corpus
+from components.data_prep.preferences import PreferencePair, generate_preferences
+from components.data_prep.preferences import to_record as pair_record
 from components.data_prep.world import World, build_world
 from components.data_prep.shards import pack_documents, write_shards
 from components.data_prep.tokenizer import train_tokenizer
@@ -76,22 +78,46 @@ def _instructions(cfg: Config, world: dict[str, Any] | None) -> tuple[list[Examp
     icfg = cfg.data.instructions
     if icfg.sources:
         examples = load_instruction_sources(icfg.sources)
-        order = list(range(len(examples)))
-        random.Random(cfg.seed).shuffle(order)
-        n_held = max(1, round(len(examples) * icfg.heldout_fraction))
-        if len(examples) - n_held < 1:
-            raise DataError(
-                f"instruction data {', '.join(icfg.sources)} has {len(examples)} records: "
-                "too few for a train split and a held-out split"
-            )
-        heldout = [examples[i] for i in order[:n_held]]
-        train = [examples[i] for i in order[n_held:]]
+        train, heldout = _split_user_records(examples, icfg.heldout_fraction, cfg.seed, "instruction data", icfg.sources)
         return train, heldout, ", ".join(icfg.sources)
     # Generated tasks are about the generated world (rebuilt from the seed when the
     # pre-training corpus came from the user).
     w = World.from_dict(world) if world else build_world(cfg.seed, cfg.data.generated.num_people)
     train, heldout = generate_instructions(w, cfg.seed, icfg.num_train, icfg.num_heldout)
     return train, heldout, f"generated tasks (seed {cfg.seed})"
+
+
+def _split_user_records(records: list, fraction: float, seed: int, what: str, sources: list[str]) -> tuple[list, list]:
+    """A seeded train/held-out split of user records; both splits must be non-empty."""
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_held = max(1, round(len(records) * fraction))
+    if len(records) - n_held < 1:
+        raise DataError(
+            f"{what} {', '.join(sources)} has {len(records)} records: "
+            "too few for a train split and a held-out split"
+        )
+    return [records[i] for i in order[n_held:]], [records[i] for i in order[:n_held]]
+
+
+def _preferences(
+    cfg: Config, world: dict[str, Any] | None, sft_train: list[Example], sft_heldout: list[Example]
+) -> tuple[list[PreferencePair], list[PreferencePair], str]:
+    pcfg = cfg.data.preferences
+    if pcfg.sources:
+        from components.data_prep.preference_loaders import load_preference_sources
+
+        pairs = load_preference_sources(pcfg.sources)
+        train, heldout = _split_user_records(pairs, pcfg.heldout_fraction, cfg.seed, "preference data", pcfg.sources)
+        return train, heldout, ", ".join(pcfg.sources)
+    w = World.from_dict(world) if world else build_world(cfg.seed, cfg.data.generated.num_people)
+    prompts_train = [e for e in sft_train if e.family != "user"]
+    prompts_held = [e for e in sft_heldout if e.family != "user"]
+    if not prompts_train or not prompts_held:  # user instructions: pair up the generated tasks
+        icfg = cfg.data.instructions
+        prompts_train, prompts_held = generate_instructions(w, cfg.seed, icfg.num_train, icfg.num_heldout)
+    train, heldout = generate_preferences(w, prompts_train, prompts_held, cfg.seed, pcfg.num_train, pcfg.num_heldout)
+    return train, heldout, f"generated pairs judged by the oracle (seed {cfg.seed})"
 
 
 def _chat_text(example: Example) -> str:
@@ -114,6 +140,8 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     if not sft_train or not sft_heldout:
         raise DataError(f"instruction data has an empty {'train' if not sft_train else 'held-out'} split ({sft_source})")
     log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
+    pref_train, pref_heldout, pref_source = _preferences(cfg, world, sft_train, sft_heldout)
+    log.info("preference pairs: %d train / %d held-out from %s", len(pref_train), len(pref_heldout), pref_source)
 
     storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
     tokenizer = train_tokenizer(
@@ -143,6 +171,11 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         uri = storage.join(out, "sft", f"{split}.jsonl")
         digest = _write_jsonl(uri, [to_record(e) for e in examples])
         sft[split] = {"uri": uri, "digest": digest, "num_examples": len(examples)}
+    preference = {}
+    for split, pairs in (("train", pref_train), ("heldout", pref_heldout)):
+        uri = storage.join(out, "preference", f"{split}.jsonl")
+        digest = _write_jsonl(uri, [pair_record(p) for p in pairs])
+        preference[split] = {"uri": uri, "digest": digest, "num_examples": len(pairs)}
     if world is not None:
         storage.write_json(storage.join(out, "world.json"), world)
 
@@ -164,6 +197,7 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
             for split, s in splits.items()
         },
         "sft": {"source": sft_source, **sft},
+        "preference": {"source": pref_source, **preference},
         "seconds": round(time.perf_counter() - started, 2),
     }
     storage.write_json(storage.join(out, MANIFEST), manifest)
@@ -171,7 +205,9 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     return manifest
 
 
-def dataset_refs(manifest: dict[str, Any], kinds: tuple[str, ...] = ("pretrain", "sft")) -> list[DatasetRef]:
+def dataset_refs(
+    manifest: dict[str, Any], kinds: tuple[str, ...] = ("pretrain", "sft", "preference")
+) -> list[DatasetRef]:
     """The datasets a manifest describes (``pretrain-train``, ``sft-heldout``, ...), as lineage
     records."""
     refs = []

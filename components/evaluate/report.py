@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-HEADLINE = ("perplexity", "heldout_loss", "bigram_validity", "instruct.compliance", "instruct.accuracy")
+HEADLINE = (
+    "perplexity", "heldout_loss", "bigram_validity", "instruct.compliance", "instruct.accuracy",
+    "pairwise_accuracy", "pref.rm_score", "pref.oracle_score", "pref.win_rate_rm_vs_sft",
+    "pref.win_rate_oracle_vs_sft", "pref.kl_to_sft",
+)
 
 
 def markdown_report(results: dict[str, dict[str, Any]]) -> str:
@@ -29,10 +33,15 @@ def markdown_report(results: dict[str, dict[str, Any]]) -> str:
             reply = row["reply"].replace("\n", " ").replace("|", "\\|")
             lines.append(f"- *{row['family']}* **{row['prompt']}** → {reply}  (expected: {row['expected']})")
         lines.append("")
+    rows = [(n, r) for n in names for r in results[n].get("preference_samples", [])]
+    if rows:
+        lines += ["", "## Preference (held-out prompts, sampled replies vs the SFT model's)", ""]
+        for name, row in rows:
+            lines.append(f"- *{name}* **{row['prompt']}** → {row['reply']}  (SFT: {row['sft_reply']})")
     lines += ["", "## Samples (greedy)", ""]
     for name in names:
         lines.append(f"### {name}")
-        for sample in results[name].get("samples", []):
+        for sample in results[name].get("samples", []):  # (the reward model has none)
             completion = sample["completion"].replace("\n", " ").replace("|", "\\|")
             lines.append(f"- **{sample['prompt']}** → {completion}")
         lines.append("")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from components.common import storage
@@ -19,38 +20,71 @@ from components.common.stage import stage_context
 from components.data_prep.shards import read_shards
 from components.data_prep.step import dataset_refs, load_manifest
 from components.data_prep.instructions import Example, from_record
+from components.data_prep.preferences import PreferencePair
+from components.data_prep.preferences import from_record as pair_from_record
 from components.evaluate.instruct import score_instructions
 from components.evaluate.perplexity import heldout_perplexity
+from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_accuracy, sample_replies
+from components.preference.reward import load_reward_model
 from components.evaluate.report import markdown_report
 from components.evaluate.samples import bigram_validity, corpus_bigrams, greedy_samples
 
 log = logging.getLogger(__name__)
 
 
-def _read_jsonl(uri: str) -> list[dict[str, Any]]:
-    with storage.open_uri(uri, "r") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+@dataclass
+class Suites:
+    """The held-out material every checkpoint is measured on, loaded once."""
+
+    heldout: Any
+    bigrams: set[tuple[str, str]]
+    instructions: list[Example]
+    pairs: list[PreferencePair] = field(default_factory=list)
+    reward_model: Any = None
+    sft_model: Any = None
+    sft_replies: list[str] | None = None
 
 
-def evaluate_checkpoint(
-    cfg: Config,
-    checkpoint: str,
-    heldout,
-    bigrams: set[tuple[str, str]],
-    instructions: list[Example],
-) -> dict[str, Any]:
+def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[str, Any]:
     """Run every suite on one checkpoint folder."""
+    ev = cfg.evaluate
     with storage.local_copy(checkpoint, "checkpoint") as local:
         tokenizer = load_tokenizer(local)
         model = load_model(local)
-    metrics = heldout_perplexity(model, heldout, cfg.evaluate.batch_size)
-    samples = greedy_samples(model, tokenizer, cfg.evaluate.sample_prompts, cfg.evaluate.max_new_tokens)
-    metrics["bigram_validity"] = bigram_validity(samples, bigrams)
-    instruct, instruct_samples = score_instructions(
-        model, tokenizer, instructions, cfg.evaluate.instruction_max_new_tokens
-    )
+    metrics = heldout_perplexity(model, suites.heldout, ev.batch_size)
+    samples = greedy_samples(model, tokenizer, ev.sample_prompts, ev.max_new_tokens)
+    metrics["bigram_validity"] = bigram_validity(samples, suites.bigrams)
+    instruct, instruct_samples = score_instructions(model, tokenizer, suites.instructions, ev.instruction_max_new_tokens)
     metrics.update({f"instruct.{k}": v for k, v in instruct.items()})
-    return {"metrics": metrics, "samples": samples, "instruction_samples": instruct_samples}
+    out = {"metrics": metrics, "samples": samples, "instruction_samples": instruct_samples}
+    if suites.reward_model is not None and suites.sft_replies is not None:
+        prompts = [p.prompt for p in suites.pairs]
+        replies = sample_replies(model, tokenizer, prompts, ev.instruction_max_new_tokens, ev.sample_temperature, cfg.seed)
+        gap = reply_logprobs(model, tokenizer, prompts, replies) - reply_logprobs(suites.sft_model, tokenizer, prompts, replies)
+        prefs = preference_metrics(replies, suites.sft_replies, suites.pairs, suites.reward_model, tokenizer, gap)
+        metrics.update({f"pref.{k}": v for k, v in prefs.items()})
+        out["preference_samples"] = [
+            {"prompt": p.prompt[-1]["content"], "reply": r, "sft_reply": b}
+            for p, r, b in list(zip(suites.pairs, replies, suites.sft_replies))[:6]
+        ]
+    return out
+
+
+def _preference_suites(cfg: Config, manifest: dict[str, Any], suites: Suites, reward_uri: str, sft_uri: str) -> dict[str, Any]:
+    """Load the reward model and the SFT baseline; returns the reward model's own metrics."""
+    ev = cfg.evaluate
+    pairs = [pair_from_record(r) for r in storage.read_jsonl(manifest["preference"]["heldout"]["uri"])]
+    suites.pairs = pairs[: ev.max_preference_examples]
+    with storage.local_copy(reward_uri, "reward model") as local:
+        tokenizer = load_tokenizer(local)
+        suites.reward_model = load_reward_model(str(local), tokenizer.pad_token_id)
+    with storage.local_copy(sft_uri, "SFT checkpoint") as local:
+        suites.sft_model = load_model(local)
+    prompts = [p.prompt for p in suites.pairs]
+    suites.sft_replies = sample_replies(
+        suites.sft_model, tokenizer, prompts, ev.instruction_max_new_tokens, ev.sample_temperature, cfg.seed
+    )
+    return {"pairwise_accuracy": reward_model_accuracy(suites.reward_model, tokenizer, suites.pairs)}
 
 
 def run_evaluate(
@@ -59,31 +93,41 @@ def run_evaluate(
     data: str,
     checkpoints: dict[str, str],
     model_ids: dict[str, str] | None = None,
+    reward_model: str | None = None,
 ) -> dict[str, Any]:
-    """Entry point: ``checkpoints`` maps a stage name to its checkpoint URI, in stage order."""
+    """Entry point: ``checkpoints`` maps a stage name to its checkpoint URI, in stage order;
+    ``reward_model`` (a URI) adds the preference suite, judged against the ``sft`` checkpoint."""
     import torch
 
     torch.manual_seed(cfg.seed)
     with stage_context(cfg, run_id, "evaluate") as ctx:
         manifest = load_manifest(data)
         held = manifest["pretrain"]["heldout"]
-        heldout = read_shards(held["uri"], held["files"])[: cfg.evaluate.max_eval_blocks]
-        bigrams = corpus_bigrams([r["text"] for r in _read_jsonl(storage.join(data, "corpus", "train.jsonl"))])
-        instructions = [from_record(r) for r in _read_jsonl(manifest["sft"]["heldout"]["uri"])]
-        instructions = instructions[: cfg.evaluate.max_instruction_examples]
+        suites = Suites(
+            heldout=read_shards(held["uri"], held["files"])[: cfg.evaluate.max_eval_blocks],
+            bigrams=corpus_bigrams([r["text"] for r in storage.read_jsonl(storage.join(data, "corpus", "train.jsonl"))]),
+            instructions=[from_record(r) for r in storage.read_jsonl(manifest["sft"]["heldout"]["uri"])][
+                : cfg.evaluate.max_instruction_examples
+            ],
+        )
         ctx.tracker.log_datasets(
             ctx.mlflow_run_id, [r for r in dataset_refs(manifest) if r.context == "evaluation"]
         )
         results: dict[str, Any] = {}
+        if reward_model and "sft" in checkpoints:
+            log.info("loading the reward model and the SFT baseline for the preference suite")
+            rm_metrics = _preference_suites(cfg, manifest, suites, reward_model, checkpoints["sft"])
+            results["reward_model"] = {"metrics": rm_metrics, "checkpoint_uri": reward_model}
+            log.info("reward model: pairwise accuracy %.3f on held-out pairs", rm_metrics["pairwise_accuracy"])
+            ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"reward_model.{k}": v for k, v in rm_metrics.items()})
         for name, uri in checkpoints.items():
             log.info("evaluating %s (%s)", name, uri)
-            results[name] = evaluate_checkpoint(cfg, uri, heldout, bigrams, instructions)
+            results[name] = evaluate_checkpoint(cfg, uri, suites)
             results[name]["checkpoint_uri"] = uri
             metrics = results[name]["metrics"]
             log.info(
-                "%s: perplexity %.2f, bigram validity %.2f, instruction compliance %.2f, accuracy %.2f",
-                name, metrics["perplexity"], metrics["bigram_validity"],
-                metrics["instruct.compliance"], metrics["instruct.accuracy"],
+                "%s: %s", name,
+                ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if not k.startswith("instruct.acc.")),
             )
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
             model_id = (model_ids or {}).get(name)

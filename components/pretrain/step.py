@@ -21,15 +21,12 @@ from components.common import ray_launch, storage
 from components.common.config import Config
 from components.common.modeling import count_parameters, load_tokenizer, random_init_model
 from components.common.stage import StageContext, stage_context
+from components.common.training_stage import checkpoint_uri
 from components.common.tracking import DatasetRef
 from components.data_prep.step import dataset_refs, load_manifest
 from components.pretrain.train_loop import STATE_FILE, train_loop_per_worker
 
 log = logging.getLogger(__name__)
-
-
-def checkpoint_uri(run_uri: str, stage: str) -> str:
-    return storage.join(run_uri, "checkpoints", stage)
 
 
 def _model_params(cfg: Config) -> dict[str, Any]:
@@ -66,23 +63,6 @@ def create_init_checkpoint(ctx: StageContext, manifest: dict[str, Any]) -> dict[
     return {"uri": uri, "model_id": model_id, "num_parameters": num_params}
 
 
-RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
-
-
-def latest_ray_checkpoint(ray_uri: str) -> str | None:
-    """The newest checkpoint Ray Train registered in this run folder, if any.
-
-    Ray Train V2 resumes by itself when a trainer reuses a run folder (same ``storage_path``
-    and ``name``): its snapshot makes ``ray.train.get_checkpoint()`` return this checkpoint.
-    We only read it to say so in the log.
-    """
-    snapshot_uri = storage.join(ray_uri, RAY_SNAPSHOT)
-    if not storage.exists(snapshot_uri):
-        return None
-    names = [r["checkpoint_dir_name"] for r in storage.read_json(snapshot_uri).get("checkpoint_results", [])]
-    return storage.join(ray_uri, max(names)) if names else None
-
-
 def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
     """Entry point: returns the init and pretrain checkpoints (URIs and MLflow model ids)."""
     with stage_context(cfg, run_id, "pretrain") as ctx:
@@ -107,7 +87,7 @@ def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
         train_ref = [r for r in dataset_refs(manifest, ("pretrain",)) if r.context == "training"]
         ctx.tracker.log_datasets(ctx.mlflow_run_id, train_ref)
         ray_uri = storage.join(ctx.run_uri, "ray")
-        resume = latest_ray_checkpoint(storage.join(ray_uri, "pretrain"))
+        resume = ray_launch.latest_ray_checkpoint(storage.join(ray_uri, "pretrain"))
         if resume is not None:
             log.info("resuming pre-training from %s", resume)
         loop_config = {

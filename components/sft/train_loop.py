@@ -8,16 +8,7 @@ alongside, with loss on every token, so the model keeps its language modelling.
 
 from __future__ import annotations
 
-import json
-import tempfile
 from typing import Any
-
-
-def read_examples(uri: str) -> list[dict[str, Any]]:
-    from components.common import storage
-
-    with storage.open_uri(uri, "r") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
 
 
 def build_sft_dataset(
@@ -57,10 +48,9 @@ def replay_sample(docs: list[str], count: int, seed: int) -> list[str]:
 
 def sft_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
-    from ray.train.huggingface.transformers import prepare_trainer
     from trl import SFTConfig, SFTTrainer
 
-    from components.common import hf_worker
+    from components.common import hf_worker, storage
     from components.common.config import Config
     from components.common.logs import setup_logging
     from components.common.modeling import load_model, load_tokenizer
@@ -72,42 +62,18 @@ def sft_train_loop(config: dict[str, Any]) -> None:
     source = hf_worker.fetch_checkpoint(config["base_uri"])
     tokenizer = load_tokenizer(source)
     model = load_model(source)
-    conversations = [r["messages"] for r in read_examples(config["train_uri"])]
-    corpus = [r["text"] for r in read_examples(config["replay_uri"])] if sc.replay_ratio > 0 else []
+    conversations = [r["messages"] for r in storage.read_jsonl(config["train_uri"])]
+    corpus = [r["text"] for r in storage.read_jsonl(config["replay_uri"])] if sc.replay_ratio > 0 else []
     replay = replay_sample(corpus, int(len(conversations) * sc.replay_ratio), cfg.seed)
     train = build_sft_dataset(tokenizer, conversations, replay, sc.max_length, cfg.seed)
 
     args = SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix="sft-"),
-        max_steps=sc.steps,
-        per_device_train_batch_size=sc.micro_batch_size,
-        gradient_accumulation_steps=sc.grad_accum,
-        learning_rate=sc.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=sc.warmup_steps,
+        **hf_worker.common_training_args(cfg, sc, "sft"),
         weight_decay=sc.weight_decay,
-        max_grad_norm=cfg.deepspeed.gradient_clipping,
-        logging_steps=sc.log_every,
-        save_strategy="steps",
-        save_steps=sc.checkpoint_every,
-        save_total_limit=1,
-        report_to="none",
-        disable_tqdm=True,
-        seed=cfg.seed,
-        dataloader_num_workers=0,
-        gradient_checkpointing=False,
-        # assistant-only loss comes from our pre-tokenized ``assistant_masks`` (see above);
-        # TRL's own flag is for raw conversational datasets only.
         max_length=sc.max_length,
         packing=False,
-        deepspeed=hf_worker.trainer_deepspeed(cfg, sc.micro_batch_size, sc.grad_accum),
-        **hf_worker.trainer_precision_args(cfg),
+        # assistant-only loss comes from our pre-tokenized ``assistant_masks`` (see above);
+        # TRL's own flag is for raw conversational datasets only.
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
-    hf_worker.add_pipeline_callbacks(trainer, rank, config)
-    trainer = prepare_trainer(trainer)
-
-    resume, start_step = hf_worker.restored_checkpoint()
-    result = trainer.train(resume_from_checkpoint=resume)
-    summary = {"train_loss": float(result.training_loss), "step": trainer.state.global_step, "resumed_from": start_step}
-    hf_worker.publish_model(trainer, tokenizer, config["output_uri"], rank, summary)
+    hf_worker.train_and_publish(trainer, tokenizer, rank, config)

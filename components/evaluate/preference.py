@@ -1,0 +1,91 @@
+"""Preference evaluation: does a checkpoint reply the way the labeler prefers?
+
+On held-out preference prompts every checkpoint *samples* a reply (policies are deployed
+with sampling, and RLHF's effect shows in the distribution, not only its mode). Each reply is
+scored by the reward model and by the oracle (the labeler's written-down taste), and compared
+with the SFT checkpoint's reply to the same prompt: win rate by the reward model and by the
+oracle. A policy that games the reward model wins by the first and not by the second; that is
+what reward hacking looks like here. KL to SFT says how far the policy moved.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from components.data_prep.preferences import PreferencePair, oracle_prefers, oracle_score
+from components.preference.ppo import token_logprobs
+from components.preference.reward import reward_scores
+
+
+@torch.no_grad()
+def sample_replies(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, prompts: list[list[dict[str, str]]],
+    max_new_tokens: int, temperature: float, seed: int, batch_size: int = 32,
+) -> list[str]:
+    """One sampled reply per prompt (text before EOS), reproducible by seed."""
+    model.eval()
+    tokenizer.padding_side = "left"
+    torch.manual_seed(seed)
+    replies: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[start : start + batch_size]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        out = model.generate(
+            **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
+            use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )[:, enc["input_ids"].shape[1] :]
+        for row in out.tolist():
+            if tokenizer.eos_token_id in row:
+                row = row[: row.index(tokenizer.eos_token_id)]
+            replies.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+    return replies
+
+
+@torch.no_grad()
+def reply_logprobs(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, prompts: list[list[dict[str, str]]], replies: list[str],
+) -> torch.Tensor:
+    """log p(reply + EOS | prompt) under ``model``, one value per reply."""
+    model.eval()
+    totals = []
+    for prompt, reply in zip(prompts, replies):
+        head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([head_ids + reply_ids])
+        logprobs = token_logprobs(model(input_ids=ids).logits, ids)[0]
+        totals.append(float(logprobs[len(head_ids) - 1 :].sum()))
+    return torch.tensor(totals)
+
+
+def reward_model_accuracy(reward_model, tokenizer, pairs: list[PreferencePair]) -> float:
+    """Share of held-out pairs where the reward model scores chosen above rejected."""
+    prompts = [p.prompt for p in pairs]
+    chosen = reward_scores(reward_model, tokenizer, prompts, [p.chosen for p in pairs])
+    rejected = reward_scores(reward_model, tokenizer, prompts, [p.rejected for p in pairs])
+    return float((chosen > rejected).float().mean())
+
+
+def preference_metrics(
+    replies: list[str], baseline: list[str], pairs: list[PreferencePair], reward_model, tokenizer,
+    logprob_gap: torch.Tensor | None,
+) -> dict[str, Any]:
+    """Reward-model and oracle scores of ``replies`` and their win rates over ``baseline``."""
+    prompts = [p.prompt for p in pairs]
+    rm = reward_scores(reward_model, tokenizer, prompts, replies)
+    rm_base = reward_scores(reward_model, tokenizer, prompts, baseline)
+    oracle = [oracle_score(r, p.reference, p.family) for r, p in zip(replies, pairs)]
+    rm_wins = ((rm > rm_base).float() + 0.5 * (rm == rm_base).float()).mean()
+    oracle_wins = [oracle_prefers(r, b, p.reference, p.family) for r, b, p in zip(replies, baseline, pairs)]
+    metrics = {
+        "rm_score": float(rm.mean()),
+        "oracle_score": sum(oracle) / len(oracle),
+        "win_rate_rm_vs_sft": float(rm_wins),
+        "win_rate_oracle_vs_sft": sum(oracle_wins) / len(oracle_wins),
+    }
+    if logprob_gap is not None:
+        metrics["kl_to_sft"] = float(logprob_gap.mean())
+    return metrics

@@ -1,0 +1,67 @@
+"""The reward model: a scalar head on the SFT checkpoint that learns the labeler's taste.
+
+TRL's RewardTrainer trains it on chosen/rejected pairs with the pairwise (Bradley-Terry)
+loss, in Ray Train workers under DeepSpeed. The result is a sequence-classification model
+(one logit = the reward) that PPO queries and evaluation scores.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+def load_reward_model(path: str, pad_token_id: int):
+    """The SFT checkpoint with a fresh 1-logit head (or a trained reward model)."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = pad_token_id
+    return model
+
+
+def pairs_dataset(records: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_list(
+        [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in records]
+    )
+
+
+@torch.no_grad()
+def reward_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies: list[str], batch_size: int = 32) -> torch.Tensor:
+    """The reward model's score of each (prompt, reply), rendered exactly as in training."""
+    model.eval()
+    tokenizer.padding_side = "right"
+    texts = [
+        tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
+        for p, r in zip(prompts, replies)
+    ]
+    scores = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
+        scores.append(model(**enc).logits[:, 0].float())
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def reward_train_loop(config: dict[str, Any]) -> None:
+    """Entry point of every Ray Train worker."""
+    from trl import RewardConfig, RewardTrainer
+
+    from components.common import hf_worker, storage
+    from components.common.config import Config
+    from components.common.logs import setup_logging
+    from components.common.modeling import load_tokenizer
+
+    setup_logging()
+    cfg = Config.from_json(config["cfg"])
+    rc = cfg.preference.reward
+    rank, _ = hf_worker.worker_setup(cfg)
+    source = hf_worker.fetch_checkpoint(config["base_uri"])
+    tokenizer = load_tokenizer(source)
+    model = load_reward_model(str(source), tokenizer.pad_token_id)
+    train = pairs_dataset(storage.read_jsonl(config["train_uri"]))
+    args = RewardConfig(**hf_worker.common_training_args(cfg, rc, "reward"), max_length=rc.max_length)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    hf_worker.train_and_publish(trainer, tokenizer, rank, config)

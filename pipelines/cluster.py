@@ -1,0 +1,252 @@
+"""Put each KFP task where ``cfg.kubernetes`` says: resources, GPUs, secrets, nodes, env.
+
+``pipelines/pipeline.py`` calls ``configure_task(task, cfg, stage)`` once per task. Nothing
+here changes what a task computes; it only changes the pod it gets on a cluster, so the local
+runner (which ignores resources and platform settings) behaves the same either way.
+
+Why the Kubernetes part is written by hand: ``kfp.kubernetes`` (the ``kfp-kubernetes``
+package) is not a dependency of this project. What it does is small: it stores a
+``KubernetesExecutorConfig`` message, as JSON, in ``task.platform_config["kubernetes"]``; the
+compiler copies that into the ``platforms.kubernetes`` document of the IR YAML and the KFP
+backend's driver turns it into pod fields. ``executor_config`` writes the same JSON (field
+names from ``kubernetes_executor_config.proto``: ``secretAsEnv``, ``nodeSelector``,
+``tolerations``, ``imagePullSecret``, ``enabledSharedMemory``), setting both the deprecated
+``secretName`` and ``secretNameParameter`` so older and newer backends read it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common.config import Config
+from components.common.kubernetes_config import SecretEnv, Toleration
+
+
+@dataclass(frozen=True)
+class TaskPlacement:
+    """Everything one task's pod gets, resolved from the config (inherit/derive applied)."""
+
+    stage: str
+    task_class: str
+    cpu_request: str | None = None
+    cpu_limit: str | None = None
+    memory_request: str | None = None
+    memory_limit: str | None = None
+    gpus: int = 0
+    shared_memory: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[Toleration] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    secrets: list[SecretEnv] = field(default_factory=list)
+    image_pull_secrets: list[str] = field(default_factory=list)
+
+
+def trains_in_pod(cfg: Config, stage: str) -> bool:
+    """A training stage whose Ray Train workers run inside the task's own pod."""
+    return cfg.kubernetes.stage_class(stage) == "training" and cfg.kubernetes.ray.mode == "local"
+
+
+def placement(cfg: Config, stage: str) -> TaskPlacement:
+    """Resolve the pod settings of ``stage`` (see ``KubernetesConfig`` for the rules)."""
+    k8s = cfg.kubernetes
+    task_class = k8s.stage_class(stage)
+    res = k8s.resources_for(stage)
+    in_pod = trains_in_pod(cfg, stage)
+
+    gpus = res.gpus
+    if gpus is None:
+        # The pod is the whole Ray cluster: it must hold every worker's GPUs.
+        gpus = math.ceil(cfg.ray.num_workers * (cfg.ray.gpus_per_worker or 1)) if in_pod and cfg.ray.use_gpu else 0
+    cpu_request = res.cpu_request
+    if cpu_request is None and in_pod:
+        # Ray's workers plus one core for the driver, so the scheduler reserves what Ray uses.
+        cpu_request = str(math.ceil(cfg.ray.num_workers * cfg.ray.cpus_per_worker) + 1)
+
+    return TaskPlacement(
+        stage=stage,
+        task_class=task_class,
+        cpu_request=cpu_request,
+        cpu_limit=res.cpu_limit,
+        memory_request=res.memory_request,
+        memory_limit=res.memory_limit,
+        gpus=gpus,
+        shared_memory=res.shared_memory,
+        node_selector=k8s.node_selector_for(stage),
+        tolerations=k8s.tolerations_for(stage, gpus),
+        env=task_env(cfg, stage),
+        secrets=k8s.secret_envs(),
+        image_pull_secrets=list(k8s.image_pull_secrets),
+    )
+
+
+def task_env(cfg: Config, stage: str) -> dict[str, str]:
+    """Plain env for the pod: tracking/storage endpoints and how to reach the cluster's Ray.
+
+    The stages read the same values from the config; the env is for libraries that only
+    look at the environment (transformers' MLflow callback, s3fs/botocore, Ray's clients).
+    """
+    env = dict(cfg.kubernetes.env)
+    if cfg.tracking.uri:
+        env.setdefault("MLFLOW_TRACKING_URI", cfg.tracking.uri)
+    if cfg.storage.s3_endpoint_url:
+        env.setdefault("AWS_ENDPOINT_URL", cfg.storage.s3_endpoint_url)
+    ray = cfg.kubernetes.ray
+    if cfg.kubernetes.stage_class(stage) == "training" and ray.mode == "cluster" and ray.address:
+        if ray.submit == "client":
+            env.setdefault("RAY_ADDRESS", ray.address)
+        elif ray.submit == "jobs":
+            # Not RAY_ADDRESS: ray.init() would take an http:// address for a GCS one.
+            env.setdefault("RAY_API_SERVER_ADDRESS", ray.address)
+    return env
+
+
+def _constant(name: str) -> dict[str, Any]:
+    return {"runtimeValue": {"constant": name}}
+
+
+def executor_config(p: TaskPlacement) -> dict[str, Any]:
+    """The ``KubernetesExecutorConfig`` JSON for one task (empty when nothing applies)."""
+    spec: dict[str, Any] = {}
+    if p.secrets:
+        spec["secretAsEnv"] = [
+            {
+                "secretName": s.name,
+                "secretNameParameter": _constant(s.name),
+                "keyToEnv": [{"secretKey": key, "envVar": env} for key, env in s.keys.items()],
+                **({"optional": True} if s.optional else {}),
+            }
+            for s in p.secrets
+        ]
+    if p.node_selector:
+        spec["nodeSelector"] = {"labels": dict(p.node_selector)}
+    if p.tolerations:
+        spec["tolerations"] = [_toleration(t) for t in p.tolerations]
+    if p.image_pull_secrets:
+        spec["imagePullSecret"] = [
+            {"secretName": name, "secretNameParameter": _constant(name)} for name in p.image_pull_secrets
+        ]
+    if p.shared_memory:
+        spec["enabledSharedMemory"] = {"volumeName": "dshm", "size": p.shared_memory}
+    return spec
+
+
+def _toleration(t: Toleration) -> dict[str, Any]:
+    out: dict[str, Any] = {"operator": t.operator}
+    if t.key is not None:
+        out["key"] = t.key
+    if t.value is not None:
+        out["value"] = t.value
+    if t.effect is not None:
+        out["effect"] = t.effect
+    if t.toleration_seconds is not None:
+        out["tolerationSeconds"] = t.toleration_seconds
+    return out
+
+
+def _merge_platform(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Add to what another helper (e.g. kfp.kubernetes) may already have set on the task."""
+    merged = dict(existing)
+    for key, value in new.items():
+        if isinstance(value, list):
+            merged[key] = list(merged.get(key, [])) + value
+        elif key == "nodeSelector":
+            labels = {**merged.get(key, {}).get("labels", {}), **value["labels"]}
+            merged[key] = {**merged.get(key, {}), "labels": labels}
+        else:
+            merged[key] = value
+    return merged
+
+
+def configure_task(task: Any, cfg: Config, stage: str) -> Any:
+    """Apply ``cfg.kubernetes`` to one KFP ``PipelineTask``; returns the task for chaining.
+
+    With the defaults (``tiny``: no secrets, no GPUs, Ray local) only a derived CPU request on
+    training tasks is set, which the local runner ignores.
+    """
+    p = placement(cfg, stage)
+    if p.cpu_request:
+        task.set_cpu_request(p.cpu_request)
+    if p.cpu_limit:
+        task.set_cpu_limit(p.cpu_limit)
+    if p.memory_request:
+        task.set_memory_request(p.memory_request)
+    if p.memory_limit:
+        task.set_memory_limit(p.memory_limit)
+    if p.gpus:
+        task.set_accelerator_type(cfg.kubernetes.accelerator_type)
+        task.set_accelerator_limit(p.gpus)
+    for name, value in sorted(p.env.items()):
+        task.set_env_variable(name, value)
+    spec = executor_config(p)
+    if spec:
+        task.platform_config["kubernetes"] = _merge_platform(task.platform_config.get("kubernetes", {}), spec)
+    return task
+
+
+# ---- compiled pipelines: what tests, the CLI and people reviewing a YAML look at -------------
+
+
+@dataclass
+class CompiledTask:
+    """One task of a compiled pipeline, as the cluster will see it."""
+
+    name: str
+    image: str
+    resources: dict[str, Any]
+    env: dict[str, str]
+    kubernetes: dict[str, Any]
+
+
+@dataclass
+class CompiledPipeline:
+    path: Path
+    spec: dict[str, Any]
+    platform: dict[str, Any]
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """Pipeline parameters and their defaults."""
+        params = self.spec["root"].get("inputDefinitions", {}).get("parameters", {})
+        return {name: p.get("defaultValue") for name, p in params.items()}
+
+    @property
+    def tasks(self) -> dict[str, CompiledTask]:
+        executors = self.spec["deploymentSpec"]["executors"]
+        k8s = self.platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
+        out = {}
+        for name, task in self.spec["root"]["dag"]["tasks"].items():
+            label = self.spec["components"][task["componentRef"]["name"]]["executorLabel"]
+            container = executors[label]["container"]
+            out[name] = CompiledTask(
+                name=name,
+                image=container["image"],
+                resources=container.get("resources", {}),
+                env={e["name"]: e["value"] for e in container.get("env", [])},
+                kubernetes=k8s.get(label, {}),
+            )
+        return out
+
+
+def compile_pipeline(cfg: Config, output: str | Path) -> CompiledPipeline:
+    """Compile ``build_pipeline(cfg)`` to IR YAML at ``output`` and read it back."""
+    from kfp import compiler
+
+    from pipelines.pipeline import build_pipeline
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg), str(output))
+    return read_compiled(output)
+
+
+def read_compiled(path: str | Path) -> CompiledPipeline:
+    """Parse an IR YAML (pipeline spec, then the optional platform spec document)."""
+    docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    spec = docs[0]
+    platform = next((d for d in docs[1:] if "platforms" in d), {})
+    return CompiledPipeline(path=Path(path), spec=spec, platform=platform)
