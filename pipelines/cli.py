@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     lin = sub.add_parser("lineage", help="print a checkpoint's chain back to random init")
     common(lin)
     lin.add_argument("target", help="an MLflow model id (m-...) or a run id")
-    lin.add_argument("--stage", default="sft", help="with a run id: whose checkpoint (default: sft, the latest stage)")
+    lin.add_argument("--stage", default="ppo", help="with a run id: whose checkpoint (ppo, dpo, reward, sft, pretrain, init; default ppo)")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(fn=cmd_lineage)
     return parser

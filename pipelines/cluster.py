@@ -125,7 +125,7 @@ def executor_config(p: TaskPlacement) -> dict[str, Any]:
     if p.node_selector:
         spec["nodeSelector"] = {"labels": dict(p.node_selector)}
     if p.tolerations:
-        spec["tolerations"] = [_toleration(t) for t in p.tolerations]
+        spec["tolerations"] = [t.to_dict() for t in p.tolerations]
     if p.image_pull_secrets:
         spec["imagePullSecret"] = [
             {"secretName": name, "secretNameParameter": _constant(name)} for name in p.image_pull_secrets
@@ -133,19 +133,6 @@ def executor_config(p: TaskPlacement) -> dict[str, Any]:
     if p.shared_memory:
         spec["enabledSharedMemory"] = {"volumeName": "dshm", "size": p.shared_memory}
     return spec
-
-
-def _toleration(t: Toleration) -> dict[str, Any]:
-    out: dict[str, Any] = {"operator": t.operator}
-    if t.key is not None:
-        out["key"] = t.key
-    if t.value is not None:
-        out["value"] = t.value
-    if t.effect is not None:
-        out["effect"] = t.effect
-    if t.toleration_seconds is not None:
-        out["tolerationSeconds"] = t.toleration_seconds
-    return out
 
 
 def _merge_platform(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

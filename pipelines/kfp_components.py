@@ -1,4 +1,4 @@
-"""The six steps as KFP v2 lightweight components (today: data_prep, pretrain, sft, evaluate).
+"""The six steps as KFP v2 lightweight components (today: data_prep, pretrain, sft, preference, evaluate).
 
 Each body is deliberately thin: it turns KFP parameters and artifacts into a call of the
 stage's plain Python entry point (which the tests call directly) and records the result as
@@ -84,6 +84,35 @@ def sft(
     )
 
 
+def preference(
+    config_json: str,
+    overrides: str,
+    run_id: str,
+    data: Input[Dataset],
+    sft_model: Input[Model],
+    reward_model: Output[Model],
+    preference_model: Output[Model],
+):
+    """Reward model, then PPO (RLHF) or DPO on the SFT policy (stage 3)."""
+    from components.common.kfp_io import read_pointer, stage_config, user_errors, write_pointer
+    from components.preference.step import run_preference
+
+    base = read_pointer(sft_model)
+    with user_errors("preference"):
+        out = run_preference(
+            stage_config(config_json, overrides), run_id, read_pointer(data)["uri"],
+            {"uri": base["uri"], "model_id": base.get("mlflow_model_id", "")},
+        )
+    write_pointer(
+        reward_model, out["reward"]["uri"], mlflow_model_id=out["reward"]["model_id"], stage="reward",
+        parent_model_id=base.get("mlflow_model_id", ""),
+    )
+    write_pointer(
+        preference_model, out["policy"]["uri"], mlflow_model_id=out["policy"]["model_id"],
+        stage="preference", algorithm=out["algorithm"], parent_model_id=base.get("mlflow_model_id", ""),
+    )
+
+
 def evaluate(
     config_json: str,
     overrides: str,
@@ -92,6 +121,8 @@ def evaluate(
     init_model: Input[Model],
     pretrain_model: Input[Model],
     sft_model: Input[Model],
+    preference_model: Input[Model],
+    reward_model: Input[Model],
     metrics: Output[Metrics],
     report: Output[Markdown],
     results: Output[Artifact],
@@ -106,12 +137,14 @@ def evaluate(
         "init": read_pointer(init_model),
         "pretrain": read_pointer(pretrain_model),
         "sft": read_pointer(sft_model),
+        "preference": read_pointer(preference_model),
     }
     with user_errors("evaluate"):
         out = run_evaluate(
             stage_config(config_json, overrides), run_id, read_pointer(data)["uri"],
             {name: p["uri"] for name, p in pointers.items()},
             {name: p.get("mlflow_model_id", "") for name, p in pointers.items()},
+            reward_model=read_pointer(reward_model)["uri"],
         )
     for name, res in out["results"].items():
         for key, value in res["metrics"].items():
@@ -128,6 +161,7 @@ class Components:
     data_prep: Callable
     pretrain: Callable
     sft: Callable
+    preference: Callable
     evaluate: Callable
 
 
@@ -138,5 +172,6 @@ def make_components(base_image: str) -> Components:
         return dsl.component(base_image=base_image, install_kfp_package=False)(fn)
 
     return Components(
-        data_prep=wrap(data_prep), pretrain=wrap(pretrain), sft=wrap(sft), evaluate=wrap(evaluate)
+        data_prep=wrap(data_prep), pretrain=wrap(pretrain), sft=wrap(sft),
+        preference=wrap(preference), evaluate=wrap(evaluate),
     )

@@ -1,4 +1,4 @@
-"""The fromscratch pipeline: data_prep → pretrain → sft → evaluate (later: preference, rlvr).
+"""The fromscratch pipeline: data_prep → pretrain → sft → preference → evaluate (later: rlvr).
 
 ``build_pipeline`` bakes the resolved config in as the default of the ``config_json``
 parameter, so a compiled YAML is self-contained; people starting a run from the KFP UI edit
@@ -32,13 +32,18 @@ def build_pipeline(cfg: Config) -> Callable:
             config_json=config_json, overrides=overrides, run_id=rid, data=prep.outputs["data"],
             pretrain_model=pre.outputs["pretrain_model"],
         )
+        pref = ops.preference(
+            config_json=config_json, overrides=overrides, run_id=rid, data=prep.outputs["data"],
+            sft_model=tuned.outputs["sft_model"],
+        )
         ev = ops.evaluate(
             config_json=config_json, overrides=overrides, run_id=rid, data=prep.outputs["data"],
             init_model=pre.outputs["init_model"], pretrain_model=pre.outputs["pretrain_model"],
-            sft_model=tuned.outputs["sft_model"],
+            sft_model=tuned.outputs["sft_model"], preference_model=pref.outputs["preference_model"],
+            reward_model=pref.outputs["reward_model"],
         )
         # Stages resume from storage themselves; KFP's cache would skip a re-run wrongly.
-        for task in (prep, pre, tuned, ev):
+        for task in (prep, pre, tuned, pref, ev):
             task.set_caching_options(False)
 
     return fromscratch_pipeline

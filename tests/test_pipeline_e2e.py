@@ -76,7 +76,7 @@ def test_pipeline_compiles(preset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     spec = yaml.safe_load(out.read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"data-prep", "pretrain", "sft", "evaluate"}
+    assert set(tasks) == {"data-prep", "pretrain", "sft", "preference", "evaluate"}
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"config_json", "overrides", "run_id"} <= set(params)
     assert json.loads(params["config_json"]["defaultValue"])["preset"] == preset

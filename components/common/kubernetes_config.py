@@ -52,6 +52,15 @@ class Toleration(_Strict):
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = Field(default=None, ge=0)
 
+    def to_dict(self) -> dict[str, object]:
+        """Kubernetes' field names; KFP's ``Toleration`` message uses the same ones in JSON."""
+        out: dict[str, object] = {"operator": self.operator}
+        for name, value in (("key", self.key), ("value", self.value), ("effect", self.effect),
+                            ("tolerationSeconds", self.toleration_seconds)):
+            if value is not None:
+                out[name] = value
+        return out
+
     @model_validator(mode="after")
     def _consistent(self) -> "Toleration":
         if self.operator == "Exists" and self.value is not None:

@@ -122,6 +122,14 @@ def job_prefix(name: str, key: str) -> str:
     return f"fs-{stage}-{key}"
 
 
+def _attempt(job_id: str | None, prefix: str) -> int | None:
+    """The attempt number of one of this stage's jobs; None for anybody else's job."""
+    if not job_id or not job_id.startswith(prefix + "-"):
+        return None
+    tail = job_id[len(prefix) + 1:]
+    return int(tail) if tail.isdigit() else None
+
+
 def job_dir(storage_uri: str, name: str) -> str:
     """Beside Ray Train's own folder for the stage, never inside it."""
     return storage.join(storage_uri, f"{name}-jobs")
@@ -161,6 +169,7 @@ def write_request(
                 "name": name,
                 "storage_uri": storage_uri,
                 "result_uri": result_uri(storage_uri, name, job_id),
+                "image": cfg.pipeline.base_image,
             },
             indent=2,
         ),
@@ -220,6 +229,10 @@ def run_request(uri: str) -> int:
     setup_logging()
     os.environ[IN_JOB_ENV] = "1"
     req = json.loads(storage.read_text(uri))
+    here = os.environ.get("FROMSCRATCH_IMAGE")
+    if here and req.get("image") and here != req["image"]:
+        # jobs mode runs the RayCluster's image, not the task's: say so when they differ.
+        log.warning("this Ray cluster runs image %s, the pipeline was compiled for %s", here, req["image"])
     cfg = Config.from_json(req["config"])
     cfg.ray.address = None  # the job supervisor's RAY_ADDRESS is this cluster
     payload: dict[str, Any] = {"error": None, "metrics": {}, "checkpoint_path": None}
@@ -330,15 +343,15 @@ def fit_with_jobs_api(
         client = JobSubmissionClient(address)
     prefix = job_prefix(name, job_key(storage_uri, name))
     earlier = sorted(
-        (j for j in client.list_jobs() if (j.submission_id or "").startswith(prefix + "-")),
-        key=lambda j: int(j.submission_id.rsplit("-", 1)[1]),
+        (j for j in client.list_jobs() if _attempt(j.submission_id, prefix) is not None),
+        key=lambda j: _attempt(j.submission_id, prefix),
     )
     running = [j for j in earlier if _status_name(j.status) not in ("SUCCEEDED", "FAILED", "STOPPED")]
     if running:
         job_id = running[-1].submission_id
         log.info("re-attaching to Ray job %s, still %s", job_id, _status_name(running[-1].status))
     else:
-        attempt = int(earlier[-1].submission_id.rsplit("-", 1)[1]) + 1 if earlier else 0
+        attempt = _attempt(earlier[-1].submission_id, prefix) + 1 if earlier else 0
         job_id = f"{prefix}-{attempt}"
         req = write_request(train_fn, loop_config, cfg, name, storage_uri, job_id)
         client.submit_job(
@@ -376,6 +389,7 @@ def _container_env(cfg: Config) -> list[dict[str, Any]]:
         plain.setdefault("MLFLOW_TRACKING_URI", cfg.tracking.uri)
     if cfg.storage.s3_endpoint_url:
         plain.setdefault("AWS_ENDPOINT_URL", cfg.storage.s3_endpoint_url)
+    plain["FROMSCRATCH_IMAGE"] = cfg.pipeline.base_image
     env.extend({"name": k, "value": v} for k, v in sorted(plain.items()))
     return env
 
@@ -387,6 +401,8 @@ def _pod_template(
     memory: str | None,
     gpus: int,
     shared_memory: str | None,
+    node_selector: dict[str, str],
+    tolerations: list[Any],
     ports: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     k8s = cfg.kubernetes
@@ -408,26 +424,22 @@ def _pod_template(
     if shared_memory:
         container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
         spec["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shared_memory}}]
-    stage = "pretrain" if gpus or container_name == "ray-worker" else "data_prep"
-    selector = k8s.node_selector_for(stage) if container_name == "ray-worker" else dict(k8s.node_selector)
-    if selector:
-        spec["nodeSelector"] = selector
-    tolerations = k8s.tolerations_for(stage, gpus) if container_name == "ray-worker" else list(k8s.tolerations)
+    if node_selector:
+        spec["nodeSelector"] = dict(node_selector)
     if tolerations:
-        spec["tolerations"] = [t.model_dump(exclude_none=True, by_alias=False) for t in tolerations]
-        for item in spec["tolerations"]:
-            if "toleration_seconds" in item:
-                item["tolerationSeconds"] = item.pop("toleration_seconds")
+        spec["tolerations"] = [t.to_dict() for t in tolerations]
     if k8s.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": n} for n in k8s.image_pull_secrets]
     return {"metadata": {"labels": {"app.kubernetes.io/part-of": "fromscratch"}}, "spec": spec}
 
 
-def ray_cluster_spec(cfg: Config) -> dict[str, Any]:
-    """A RayCluster for one job: a CPU head (no training on it) and one worker per Ray worker."""
+def ray_cluster_spec(cfg: Config, stage: str) -> dict[str, Any]:
+    """A RayCluster for one job: a CPU head (no training on it) and one worker pod per Ray
+    Train worker, placed like the stage's task would be (selectors, tolerations, /dev/shm)."""
     import ray
 
-    placement = cfg.kubernetes.ray
+    k8s = cfg.kubernetes
+    placement = k8s.ray
     workers = cfg.ray.num_workers
     gpus = math.ceil(cfg.ray.gpus_per_worker or 1) if cfg.ray.use_gpu else 0
     return {
@@ -436,6 +448,7 @@ def ray_cluster_spec(cfg: Config) -> dict[str, Any]:
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
             "template": _pod_template(
                 cfg, "ray-head", placement.head_cpu, placement.head_memory, 0, None,
+                dict(k8s.node_selector), list(k8s.tolerations),
                 ports=[
                     {"containerPort": 6379, "name": "gcs-server"},
                     {"containerPort": 8265, "name": "dashboard"},
@@ -456,7 +469,9 @@ def ray_cluster_spec(cfg: Config) -> dict[str, Any]:
                     _quantity(math.ceil(cfg.ray.cpus_per_worker) + 1),
                     placement.worker_memory,
                     gpus,
-                    cfg.kubernetes.training.shared_memory,
+                    k8s.resources_for(stage).shared_memory,
+                    k8s.node_selector_for(stage),
+                    k8s.tolerations_for(stage, gpus),
                 ),
             }
         ],
@@ -478,7 +493,7 @@ def rayjob_manifest(cfg: Config, job_name: str, request: str, name: str, key: st
     }
     if ephemeral:
         spec["ttlSecondsAfterFinished"] = placement.ttl_seconds_after_finished
-        spec["rayClusterSpec"] = ray_cluster_spec(cfg)
+        spec["rayClusterSpec"] = ray_cluster_spec(cfg, name)
     else:
         spec["clusterSelector"] = {"ray.io/cluster": placement.cluster_name}
     if placement.active_deadline_seconds:
@@ -531,13 +546,16 @@ def fit_with_rayjob(
     listed = api.list_namespaced_custom_object(
         RAYJOB_GROUP, RAYJOB_VERSION, ns, RAYJOB_PLURAL, label_selector=f"{JOB_KEY_LABEL}={key}"
     )
-    earlier = sorted(listed.get("items", []), key=lambda o: int(o["metadata"]["name"].rsplit("-", 1)[1]))
+    earlier = sorted(
+        (o for o in listed.get("items", []) if _attempt(o["metadata"]["name"], prefix) is not None),
+        key=lambda o: _attempt(o["metadata"]["name"], prefix),
+    )
     running = [o for o in earlier if o.get("status", {}).get("jobDeploymentStatus") not in RAYJOB_TERMINAL]
     if running:
         job_name = running[-1]["metadata"]["name"]
         log.info("re-attaching to RayJob %s/%s", ns, job_name)
     else:
-        attempt = int(earlier[-1]["metadata"]["name"].rsplit("-", 1)[1]) + 1 if earlier else 0
+        attempt = _attempt(earlier[-1]["metadata"]["name"], prefix) + 1 if earlier else 0
         job_name = f"{prefix}-{attempt}"
         req = write_request(train_fn, loop_config, cfg, name, storage_uri, job_name)
         api.create_namespaced_custom_object(

@@ -1,7 +1,8 @@
 """Run a training function in Ray Train workers: the one launcher every training stage uses.
 
 Locally it joins the Ray the CLI started for the pipeline run (``RAY_ADDRESS``) or starts one
-on this machine; on a cluster ``ray.address`` / ``RAY_ADDRESS`` points at KubeRay. Checkpoints
+on this machine; on a cluster ``ray.address`` / ``RAY_ADDRESS`` points at KubeRay, or (with
+``kubernetes.ray.mode: cluster``) ``ray_cluster`` submits the call as a Ray job there. Checkpoints
 go to ``RunConfig(storage_path=...)`` under the run's storage URI, and ``FailureConfig``
 restarts the worker group from the latest checkpoint when a worker dies.
 """
@@ -65,6 +66,12 @@ def fit(
     Reusing ``name`` under the same ``storage_uri`` resumes: Ray Train V2 reads its checkpoint
     snapshot from that folder and hands the latest checkpoint to the new workers.
     """
+    from components.common import ray_cluster
+
+    if ray_cluster.submits_to_cluster(cfg):
+        # kubernetes.ray.mode=cluster: this pod submits the same call to the cluster's Ray.
+        return ray_cluster.fit_on_cluster(train_fn, loop_config, cfg, name, storage_uri)
+
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 

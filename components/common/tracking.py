@@ -187,7 +187,8 @@ class Tracker:
     def lineage(self, model_id: str) -> list[dict[str, Any]]:
         """The chain from ``model_id`` back to random init, newest first.
 
-        Each step follows MLflow's own links: model → its source run → that run's model input.
+        Each step follows MLflow's own links: model → its source run → that run's model input
+        (the one the model's parent tag names, where the run has several).
         """
         chain: list[dict[str, Any]] = []
         seen: set[str] = set()
@@ -204,7 +205,10 @@ class Tracker:
                     for d in run.inputs.dataset_inputs
                 ]
                 model_inputs = [m.model_id for m in (run.inputs.model_inputs or [])]
-                parent = model_inputs[0] if model_inputs else None
+                # the model's own parent tag decides when a stage run has several model
+                # inputs (e.g. the preference run: SFT policy and reward model)
+                tagged = model.tags.get(TAG_PARENT_MODEL) or None
+                parent = tagged if tagged in model_inputs else (model_inputs[0] if model_inputs else None)
             chain.append(
                 {
                     "model_id": model.model_id,

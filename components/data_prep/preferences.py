@@ -5,7 +5,7 @@ default stands in for such a labeler with a stated, checkable taste — the *ora
 
 1. a correct answer beats a wrong one,
 2. an answer beats an evasion,
-3. a concise answer beats a rambling one,
+3. a complete answer beats one cut off mid-way, and a concise one beats a rambling one,
 4. a polite reply beats a rude one.
 
 ``oracle_score`` turns that taste into a number, so generated pairs are consistent with it by
@@ -41,7 +41,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     reference: str | None  # the correct reply when known (generated data); None for user data
-    kind: str  # why ``rejected`` loses: wrong / evasive / rambling / rude / user
+    kind: str  # why ``rejected`` loses: wrong / evasive / truncated / rambling / rude / user
 
 
 def oracle_score(reply: str, reference: str | None, family: str) -> float:
@@ -115,13 +115,19 @@ def _wrong_answer(example: Example, world: World, rng: random.Random) -> str | N
 
 def make_pair(example: Example, world: World, rng: random.Random, index: int, split: str) -> PreferencePair:
     """One pair for one prompt: the reference reply against a dispreferred variant."""
-    kinds = ["wrong", "evasive", "rambling", "rude"]
+    # "truncated" matters for RL: a reward model that only ever saw long bad replies learns
+    # "shorter is better", and PPO then cuts answers off mid-sentence to please it.
+    kinds = ["wrong", "wrong", "evasive", "truncated", "rambling", "rude"]
     kind = rng.choice(kinds)
     rejected = _wrong_answer(example, world, rng) if kind == "wrong" else None
     if rejected is None and kind == "wrong":
         kind = "evasive"
     if kind == "evasive":
         rejected = rng.choice(EVASIONS)
+    elif kind == "truncated":
+        words = example.answer.split(" ")
+        cut = rng.randint(1, max(1, len(words) - 1)) if len(words) > 1 else 0
+        rejected = " ".join(words[:cut]) if cut else example.answer[: max(1, len(example.answer) // 2)]
     elif kind == "rambling":
         rejected = f"{example.answer} {rng.choice(FILLERS)} {rng.choice(FILLERS)}"
     elif kind == "rude":
