@@ -35,7 +35,8 @@ CUDA_IMAGE="${CUDA_IMAGE:-nvidia/cuda:12.8.1-cudnn-devel-ubuntu24.04}"
 TORCH_CUDA_INDEX="${TORCH_CUDA_INDEX:-https://download.pytorch.org/whl/cu128}"
 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-8.0;8.6;8.9;9.0}"
 
-version="$(python3 -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")"
+version="$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml | head -n 1)"
+[ -n "$version" ] || { echo "build.sh: no version in pyproject.toml" >&2; exit 1; }
 commit="$(git rev-parse --short=7 HEAD 2>/dev/null || echo nogit)"
 if [ -n "$(git status --porcelain 2>/dev/null || true)" ]; then
   commit="${commit}-dirty"   # never let an uncommitted build pass for a commit's image

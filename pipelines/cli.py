@@ -20,6 +20,7 @@ from components.common import storage
 from components.common.config import Config, ConfigError, load_config
 from components.common.errors import DataError
 from components.data_prep.loaders import check_sources
+from pipelines.cluster_cli import add_cluster_commands
 from components.common.logs import setup_logging
 
 log = logging.getLogger("fromscratch")
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("--stage", default="ppo", help="with a run id: whose checkpoint (ppo, dpo, reward, sft, pretrain, init; default ppo)")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(fn=cmd_lineage)
+    add_cluster_commands(sub)
     return parser
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 from kfp import dsl
 
 from components.common.config import Config
+from pipelines.cluster import configure_task
 from pipelines.kfp_components import make_components
 
 
@@ -43,7 +44,9 @@ def build_pipeline(cfg: Config) -> Callable:
             reward_model=pref.outputs["reward_model"],
         )
         # Stages resume from storage themselves; KFP's cache would skip a re-run wrongly.
-        for task in (prep, pre, tuned, pref, ev):
+        stages = ((prep, "data_prep"), (pre, "pretrain"), (tuned, "sft"), (pref, "preference"), (ev, "evaluate"))
+        for task, stage in stages:
             task.set_caching_options(False)
+            configure_task(task, cfg, stage)
 
     return fromscratch_pipeline

@@ -30,7 +30,9 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     overrides = [
         f"storage.root={tmp_path / 'runs'}", *SMALL, "pretrain.steps=300", "pretrain.checkpoint_every=150",
         "sft.steps=300", "sft.checkpoint_every=150", "data.instructions.num_train=2000",
-        "data.instructions.num_heldout=70",
+        "data.instructions.num_heldout=70", "data.preferences.num_train=600", "data.preferences.num_heldout=40",
+        "preference.reward.steps=60", "preference.reward.checkpoint_every=60",
+        "preference.ppo.iterations=6", "preference.ppo.checkpoint_every=6", "preference.ppo.prompts_per_worker=8",
     ]
     args = ["run", "--run-id", "e2e"] + [x for o in overrides for x in ("--set", o)]
     proc = _cli(*args, cwd=tmp_path)
@@ -57,12 +59,18 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     lineage = _cli("lineage", "e2e", "--json", "--set", f"storage.root={tmp_path / 'runs'}", cwd=tmp_path)
     assert lineage.returncode == 0, lineage.stderr[-2000:]
     chain = json.loads(lineage.stdout)
-    assert [link["stage"] for link in chain] == ["sft", "pretrain", "init"]
-    assert chain[0]["parent_model_id"] == chain[1]["model_id"]
-    assert chain[1]["parent_model_id"] == chain[2]["model_id"]
-    assert chain[2]["parent_model_id"] is None
-    assert any("sft-train" in d for d in chain[0]["datasets"])
-    assert any("pretrain-train" in d for d in chain[1]["datasets"])
+    assert [link["stage"] for link in chain] == ["ppo", "sft", "pretrain", "init"]
+    for child, parent in zip(chain, chain[1:]):
+        assert child["parent_model_id"] == parent["model_id"]
+    assert chain[-1]["parent_model_id"] is None
+    assert any("preference-train" in d for d in chain[0]["datasets"])
+    assert any("sft-train" in d for d in chain[1]["datasets"])
+    assert any("pretrain-train" in d for d in chain[2]["datasets"])
+
+    # the preference suite ran: reward model accuracy and win rates against SFT are reported
+    assert results["reward_model"]["metrics"]["pairwise_accuracy"] > 0.5
+    assert results["sft"]["metrics"]["pref.win_rate_oracle_vs_sft"] == 0.5  # SFT against itself
+    assert 0.0 <= results["preference"]["metrics"]["pref.win_rate_oracle_vs_sft"] <= 1.0
 
     # KFP artifacts point at storage, they do not copy checkpoints
     pointers = list((run_dir / "kfp").rglob("pretrain_model"))
@@ -74,7 +82,7 @@ def test_pipeline_compiles(preset, tmp_path):
     out = tmp_path / f"{preset}.yaml"
     proc = _cli("compile", "--preset", preset, "-o", str(out), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    spec = yaml.safe_load(out.read_text())
+    spec = next(yaml.safe_load_all(out.read_text()))  # a second document holds platform (k8s) settings
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {"data-prep", "pretrain", "sft", "preference", "evaluate"}
     params = spec["root"]["inputDefinitions"]["parameters"]

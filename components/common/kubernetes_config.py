@@ -126,6 +126,10 @@ class RayPlacement(_Strict):
         * ``client``: the pod joins the cluster as a Ray Client driver
           (``address`` = ``ray://<cluster>-head-svc.<ns>.svc:10001``); simplest, but a dropped
           connection ends the stage, so ``jobs`` is preferred for long runs.
+
+    The Ray pods read credentials from Secrets of the same names as the task pods' (in
+    ``namespace``; the chart creates both copies): Ray's runtime_env is shown in its
+    dashboard, so secrets are never forwarded through it.
     """
 
     mode: Literal["local", "cluster"] = "local"

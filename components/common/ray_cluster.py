@@ -279,15 +279,20 @@ def stop_on_termination(stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
 
 
-async def _tail(client: Any, job_id: str, write: Callable[[str], None], skip: int) -> int:
-    """Stream the job's log from its start, printing only what is past ``skip`` characters."""
+async def _tail(client: Any, job_id: str, write: Callable[[str], None], printed: list[int]) -> None:
+    """Stream the job's log from its start, writing only what is past ``printed[0]`` characters.
+
+    ``printed`` is updated chunk by chunk, so a connection that breaks mid-stream still leaves
+    an exact count for the reconnect.
+    """
+    skip = printed[0]
     seen = 0
     async for chunk in client.tail_job_logs(job_id):
         start = max(0, skip - seen)
         seen += len(chunk)
         if start < len(chunk):
             write(chunk[start:])
-    return seen
+        printed[0] = max(printed[0], seen)
 
 
 def follow_job(
@@ -303,10 +308,10 @@ def follow_job(
     counted and skipped on reconnect; a dropped connection (dashboard restart, network) is
     retried while the job runs.
     """
-    printed = 0
+    printed = [0]
     while True:
         try:
-            printed = max(printed, asyncio.run(_tail(client, job_id, write, printed)))
+            asyncio.run(_tail(client, job_id, write, printed))
         except Exception as err:  # noqa: BLE001 - reconnect while the job is alive
             log.warning("log stream of Ray job %s interrupted (%s); reconnecting", job_id, err)
         status = client.get_job_status(job_id)
