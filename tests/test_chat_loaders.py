@@ -88,7 +88,7 @@ def test_json_array_file(tmp_path: Path) -> None:
 def test_json_array_error_names_the_element_line(tmp_path: Path) -> None:
     text = '[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": 3}\n]\n'
     f = _write(tmp_path / "bad.json", text)
-    with pytest.raises(DataError, match=rf"bad\.json:3: .*'prompt' must be a string"):
+    with pytest.raises(DataError, match=r"bad\.json:3: .*'prompt' must be a string"):
         load_instruction_file(str(f))
     g = _write(tmp_path / "open.json", '[\n  {"prompt": "a", "completion": "b"}\n')
     with pytest.raises(DataError, match=r"open\.json:2: .*not closed"):

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from transformers import TrainerCallback
 from components.common import storage
 from components.common.config import Config
 from components.common.deepspeed_config import build_deepspeed_config, resolve_precision
+from components.common.ds_checkpoint import write_owner
 from components.common.metrics_sink import MetricsSink
 
 log = logging.getLogger("fromscratch.worker")
@@ -106,8 +105,7 @@ class CheckpointOwnerCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if folder.is_dir():
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "step": state.global_step}
-            (folder / f"rank-{self.rank}.json").write_text(json.dumps(info))
+            write_owner(folder, self.rank, state.global_step)
 
 
 def add_pipeline_callbacks(trainer, rank: int, config: dict[str, Any]) -> None:

@@ -92,7 +92,6 @@ def _wrong_answer(example: Example, world: World, rng: random.Random) -> str | N
         others = [p for p in world.people if p.name != name]
         if not others:
             return None
-        other = rng.choice(others)
         attr = {"fact_town": "town", "fact_job": "job", "fact_pet": "pet", "fact_color": "color"}[family]
         own = getattr(world.person(name), attr)
         candidates = [getattr(p, attr) for p in others if getattr(p, attr) != own]

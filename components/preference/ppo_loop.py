@@ -11,16 +11,10 @@ a restarted worker group continues from the last one.
 from __future__ import annotations
 
 import json
-import os
 import random
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
-
-CKPT_TAG = "ds"
-STATE_FILE = "trainer_state.json"
-
 
 def unique_prompts(records: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
     """The distinct prompts of the preference pairs, in a stable order."""
@@ -40,13 +34,12 @@ def prompt_batch(prompts: list, iteration: int, per_worker: int, rank: int, worl
 def ppo_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     import deepspeed
-    import ray.train
     import torch
-    from ray.train import Checkpoint
 
     from components.common import hf_worker, storage
     from components.common.config import Config
     from components.common.deepspeed_config import build_deepspeed_config
+    from components.common.ds_checkpoint import report_checkpoint, restore_checkpoint
     from components.common.logs import setup_logging
     from components.common.metrics_sink import MetricsSink
     from components.common.modeling import load_model, load_tokenizer
@@ -76,12 +69,9 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
         engine.backward(loss)
         engine.step()
 
-    start = 0
-    restored = ray.train.get_checkpoint()
-    if restored is not None:
-        with restored.as_directory() as ckpt_dir:
-            _, client_state = engine.load_checkpoint(ckpt_dir, tag=CKPT_TAG)
-            start = int(client_state["iteration"])
+    restored = restore_checkpoint(engine)
+    start = int(restored["iteration"]) if restored else 0
+    if restored:
         log.info("PPO resumed from checkpoint at iteration %d", start)
 
     hp = PPOHyperparams(
@@ -120,14 +110,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
                 stats["reply_length_mean"], stats["ended_fraction"],
             )
         if done % pc.checkpoint_every == 0 or done == pc.iterations:
-            with tempfile.TemporaryDirectory() as tmp:
-                engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"iteration": done})
-                Path(tmp, f"rank-{rank}.json").write_text(
-                    json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "step": done})
-                )
-                if rank == 0:
-                    Path(tmp, STATE_FILE).write_text(json.dumps({"step": done}))
-                ray.train.report({"iteration": done, **stats}, checkpoint=Checkpoint.from_directory(tmp))
+            report_checkpoint(engine, rank, done, {"iteration": done, **stats}, client_state={"iteration": done})
 
     if rank == 0:
         first = history[0] if history else {}

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from components.common import ray_launch, storage
@@ -24,7 +23,7 @@ from components.common.stage import StageContext, stage_context
 from components.common.training_stage import checkpoint_uri
 from components.common.tracking import DatasetRef
 from components.data_prep.step import dataset_refs, load_manifest
-from components.pretrain.train_loop import STATE_FILE, train_loop_per_worker
+from components.pretrain.train_loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,9 @@ Train; world rank 0 alone logs metrics to MLflow and writes the final Hugging Fa
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -24,8 +22,6 @@ import torch
 
 log = logging.getLogger("fromscratch.pretrain")
 
-CKPT_TAG = "ds"
-STATE_FILE = "trainer_state.json"
 
 
 class BlockSampler:
@@ -102,10 +98,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     import deepspeed
     import ray.train
-    from ray.train import Checkpoint
 
     from components.common import storage
     from components.common.config import Config
+    from components.common.ds_checkpoint import report_checkpoint, restore_checkpoint
     from components.common.deepspeed_config import build_deepspeed_config
     from components.common.logs import setup_logging
     from components.common.metrics_sink import MetricsSink
@@ -142,14 +138,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     device = engine.device
 
-    start_step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            _, client_state = engine.load_checkpoint(ckpt_dir, tag=CKPT_TAG)
-            start_step = int(client_state["step"])
-        if rank == 0:
-            log.info("resumed from checkpoint at step %d", start_step)
+    restored = restore_checkpoint(engine)
+    start_step = int(restored["step"]) if restored else 0
+    if restored and rank == 0:
+        log.info("resumed from checkpoint at step %d", start_step)
 
     sink = MetricsSink(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
     tokens_per_step = pc.micro_batch_size * pc.grad_accum * world * blocks.shape[1]
@@ -196,22 +188,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             window_loss, window_steps = 0.0, 0
         if done % pc.checkpoint_every == 0 or done == pc.steps:
-            with tempfile.TemporaryDirectory() as tmp:
-                engine.save_checkpoint(tmp, tag=CKPT_TAG, client_state={"step": done})
-                # who wrote this checkpoint: for operators (and the fault-injection tests)
-                Path(tmp, f"rank-{rank}.json").write_text(
-                    json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "step": done})
-                )
-                if rank == 0:
-                    Path(tmp, STATE_FILE).write_text(json.dumps({"step": done}))
-                if done == pc.steps:
-                    _save_hf_model(engine, cfg.deepspeed.zero_stage, config["output_uri"], tokenizer_dir, rank)
-                report = dict(last) if last else {"step": done}
-                report["step"] = done
-                report["final"] = done == pc.steps
-                report["tokens_per_s"] = timed_tokens / timed_seconds if timed_seconds else 0.0
-                report["resumed_from"] = start_step
-                ray.train.report(
-                    report, checkpoint=Checkpoint.from_directory(tmp),
-                    checkpoint_dir_name=f"step-{done:07d}",
-                )
+            if done == pc.steps:
+                _save_hf_model(engine, cfg.deepspeed.zero_stage, config["output_uri"], tokenizer_dir, rank)
+            report = dict(last) if last else {}
+            report.update(
+                step=done, final=done == pc.steps, resumed_from=start_step,
+                tokens_per_s=timed_tokens / timed_seconds if timed_seconds else 0.0,
+            )
+            report_checkpoint(engine, rank, done, report, client_state={"step": done})
