@@ -25,7 +25,14 @@ from typing import Any, Callable, Iterable, Iterator
 
 from components.common.errors import DataError, at
 from components.data_prep.instructions import ROLES, Example
-from components.data_prep.loaders import _display, _field_of, _iter_lines, _resolve_files
+from components.data_prep.loaders import (
+    _display,
+    _field_of,
+    _iter_lines,
+    _resolve_files,
+    iter_json_lines,
+    load_each_source,
+)
 
 DEFAULT_FAMILY = "user"
 ACCEPTED_FORMATS = (
@@ -41,18 +48,8 @@ Error = Callable[[str], DataError]
 
 def _iter_jsonl(lines: Iterable[tuple[int, str]], name: str) -> Iterator[tuple[int, str, Any]]:
     """(line, id, parsed value) for each non-blank line."""
-    for lineno, line in lines:
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise at(
-                name,
-                lineno,
-                f"not valid JSON ({err.msg} at column {err.colno}); "
-                "expected one JSON object per line (JSON Lines) or one JSON array",
-            ) from None
+    expected = "one JSON object per line (JSON Lines) or one JSON array"
+    for lineno, record in iter_json_lines(lines, name, expected):
         yield lineno, f"{name}:{lineno}", record
 
 
@@ -218,9 +215,4 @@ def load_instruction_file(uri: str) -> list[Example]:
 
 def load_instruction_sources(uris: list[str]) -> list[Example]:
     """All records of ``uris`` in the order given; each URI as in ``load_instruction_file``."""
-    if not uris:
-        raise DataError("no instruction data sources given, so there are no records")
-    examples: list[Example] = []
-    for uri in uris:
-        examples.extend(load_instruction_file(uri))
-    return examples
+    return load_each_source(uris, load_instruction_file, "instruction data")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -25,6 +25,7 @@ TEXT_EXTENSIONS = (".txt",)
 JSONL_EXTENSIONS = (".jsonl", ".json")
 FOLDER_EXTENSIONS = TEXT_EXTENSIONS + JSONL_EXTENSIONS
 FORMATS = ("auto", "text", "jsonl")
+T = TypeVar("T")
 
 
 def _has_magic(path: str) -> bool:
@@ -136,20 +137,26 @@ def _iter_text(lines: Iterable[tuple[int, str]]) -> Iterator[str]:
         yield from first
 
 
-def _iter_jsonl(lines: Iterable[tuple[int, str]], name: str, field: str) -> Iterator[str]:
-    """The ``field`` string of each JSON object, one object per non-blank line."""
+def iter_json_lines(
+    lines: Iterable[tuple[int, str]], name: str, expected: str = "one JSON object per line (JSON Lines)"
+) -> Iterator[tuple[int, Any]]:
+    """(line, parsed value) for each non-blank line; bad JSON is an error naming file:line.
+
+    Shared by every JSONL reader (corpora, instructions, preference pairs) so they all report
+    a broken record the same way.
+    """
     for lineno, line in lines:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            yield lineno, json.loads(line)
         except json.JSONDecodeError as err:
-            raise at(
-                name,
-                lineno,
-                f"not valid JSON ({err.msg} at column {err.colno}); "
-                "expected one JSON object per line (JSON Lines)",
-            ) from None
+            raise at(name, lineno, f"not valid JSON ({err.msg} at column {err.colno}); expected {expected}") from None
+
+
+def _iter_jsonl(lines: Iterable[tuple[int, str]], name: str, field: str) -> Iterator[str]:
+    """The ``field`` string of each JSON object, one object per non-blank line."""
+    for lineno, record in iter_json_lines(lines, name):
         yield _field_of(record, field, lambda msg, n=lineno: at(name, n, msg))
 
 
@@ -242,6 +249,16 @@ def _iter_source(source: Any) -> Iterator[str]:
     if getattr(source, "hf_dataset", None):
         return iter_hf_dataset(source.hf_dataset, source.hf_config, source.hf_split, source.field)
     raise DataError(f"data source {source!r} has neither 'uri' nor 'hf_dataset'")
+
+
+def load_each_source(uris: list[str], load_file: Callable[[str], list[T]], what: str) -> list[T]:
+    """All records of ``uris`` in the order given, each URI loaded by ``load_file``."""
+    if not uris:
+        raise DataError(f"no {what} sources given, so there are no records")
+    records: list[T] = []
+    for uri in uris:
+        records.extend(load_file(uri))
+    return records
 
 
 def check_sources(sources: list[Any]) -> None:

@@ -22,13 +22,19 @@ user can fix record 70,312 without bisecting the file.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
 from components.common.errors import DataError, at
 from components.data_prep.instructions import ROLES
-from components.data_prep.loaders import _display, _field_of, _iter_lines, _resolve_files
+from components.data_prep.loaders import (
+    _display,
+    _field_of,
+    _iter_lines,
+    _resolve_files,
+    iter_json_lines,
+    load_each_source,
+)
 from components.data_prep.preferences import PreferencePair
 
 DEFAULT_FAMILY = "user"
@@ -246,22 +252,6 @@ def _to_pair(record: Any, default_id: str, error: Error) -> PreferencePair:
     )
 
 
-def _iter_records(lines: Iterable[tuple[int, str]], name: str) -> Iterator[tuple[int, Any]]:
-    """(line, parsed value) for each non-blank line of a JSON Lines file."""
-    for lineno, line in lines:
-        if not line.strip():
-            continue
-        try:
-            yield lineno, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise at(
-                name,
-                lineno,
-                f"not valid JSON ({err.msg} at column {err.colno}); "
-                "expected one JSON object per line (JSON Lines)",
-            ) from None
-
-
 def load_preference_file(uri: str) -> list[PreferencePair]:
     """Every pair of a file, a folder (its ``*.jsonl``/``*.json``/``*.txt``) or a glob.
 
@@ -274,7 +264,7 @@ def load_preference_file(uri: str) -> list[PreferencePair]:
     for path in files:
         name = _display(fs, path)
         before = len(pairs)
-        for lineno, record in _iter_records(_iter_lines(fs, path, name), name):
+        for lineno, record in iter_json_lines(_iter_lines(fs, path, name), name):
 
             def error(msg: str, n: int = lineno) -> DataError:
                 return at(name, n, msg)
@@ -287,9 +277,4 @@ def load_preference_file(uri: str) -> list[PreferencePair]:
 
 def load_preference_sources(uris: list[str]) -> list[PreferencePair]:
     """All pairs of ``uris`` in the order given; each URI as in ``load_preference_file``."""
-    if not uris:
-        raise DataError("no preference data sources given, so there are no records")
-    pairs: list[PreferencePair] = []
-    for uri in uris:
-        pairs.extend(load_preference_file(uri))
-    return pairs
+    return load_each_source(uris, load_preference_file, "preference data")
