@@ -84,8 +84,10 @@ def test_malformed_jsonl_line_names_file_and_line(make_config, tmp_path):
     # nothing that looks finished was left behind, and the MLflow run is kept, marked FAILED
     assert not storage.is_complete(storage.join(cfg.storage.root, "bad", "data"))
     tracker = Tracker(cfg)
-    runs = tracker.client.search_runs([tracker.experiment_id], "tags.`fromscratch.stage` = 'data_prep'")
-    assert runs[0].info.status == "FAILED"
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], "tags.`fromscratch.stage` = 'data_prep' and tags.`fromscratch.run_id` = 'bad'"
+    )
+    assert [r.info.status for r in runs] == ["FAILED"], (tracker.uri, [(r.info.run_id, r.info.status) for r in runs])
 
 
 def test_empty_corpus_is_an_error(make_config, tmp_path):

@@ -117,18 +117,20 @@ def _iter_records(lines: Iterator[tuple[int, str]], name: str) -> Iterator[tuple
         yield from _iter_jsonl(rest, name)
 
 
-def _chat_messages(messages: Any, error: Error) -> list[dict[str, str]]:
-    """Validated ``{"role", "content"}`` turns; other keys of a turn (e.g. "name") are dropped."""
-    if not isinstance(messages, list) or not messages:
+def chat_turns(value: Any, field: str, error: Error) -> list[dict[str, str]]:
+    """Validated ``{"role", "content"}`` turns of ``field``; other keys of a turn (e.g. "name")
+    are dropped. Shared with the preference loader, which reads the same message lists."""
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if value == [] else type(value).__name__
         raise error(
-            "field 'messages' must be a non-empty list of {\"role\": ..., \"content\": ...} "
-            f"objects, got {type(messages).__name__ if messages != [] else 'an empty list'}"
+            f"field '{field}' must be a non-empty list of "
+            f'{{"role": ..., "content": ...}} objects, got {got}'
         )
     turns: list[dict[str, str]] = []
-    for k, message in enumerate(messages, start=1):
+    for k, message in enumerate(value, start=1):
 
         def turn_error(msg: str, k: int = k) -> DataError:
-            return error(f"message {k}: {msg}")
+            return error(f"field '{field}': message {k}: {msg}")
 
         if not isinstance(message, dict):
             raise turn_error(
@@ -137,8 +139,13 @@ def _chat_messages(messages: Any, error: Error) -> list[dict[str, str]]:
         role = _field_of(message, "role", turn_error)
         if role not in ROLES:
             raise turn_error(f"unknown role '{role}' (expected {', '.join(ROLES)})")
-        content = _field_of(message, "content", turn_error)
-        turns.append({"role": role, "content": content})
+        turns.append({"role": role, "content": _field_of(message, "content", turn_error)})
+    return turns
+
+
+def _chat_messages(messages: Any, error: Error) -> list[dict[str, str]]:
+    """A conversation to learn from: valid turns, a user turn, ending with the assistant's."""
+    turns = chat_turns(messages, "messages", error)
     if not any(t["role"] == "assistant" for t in turns):
         raise error("the conversation has no assistant turn to learn from")
     if turns[-1]["role"] != "assistant":

@@ -26,7 +26,6 @@ import re
 from typing import Any, Callable
 
 from components.common.errors import DataError, at
-from components.data_prep.instructions import ROLES
 from components.data_prep.loaders import (
     _display,
     _field_of,
@@ -35,6 +34,7 @@ from components.data_prep.loaders import (
     iter_json_lines,
     load_each_source,
 )
+from components.data_prep.chat_loaders import chat_turns
 from components.data_prep.preferences import PreferencePair
 
 DEFAULT_FAMILY = "user"
@@ -78,28 +78,8 @@ def _nonblank(value: str, field: str, error: Error) -> str:
 
 
 def _messages(value: Any, field: str, error: Error) -> Messages:
-    """Validated ``{"role", "content"}`` turns of ``field``; other keys of a turn are dropped."""
-    if not isinstance(value, list) or not value:
-        got = "an empty list" if value == [] else type(value).__name__
-        raise error(
-            f"field '{field}' must be a non-empty list of "
-            f'{{"role": ..., "content": ...}} objects, got {got}'
-        )
-    turns: Messages = []
-    for k, message in enumerate(value, start=1):
-
-        def turn_error(msg: str, k: int = k) -> DataError:
-            return error(f"field '{field}': message {k}: {msg}")
-
-        if not isinstance(message, dict):
-            raise turn_error(
-                f"expected a JSON object with 'role' and 'content', got {type(message).__name__}"
-            )
-        role = _field_of(message, "role", turn_error)
-        if role not in ROLES:
-            raise turn_error(f"unknown role '{role}' (expected {', '.join(ROLES)})")
-        turns.append({"role": role, "content": _field_of(message, "content", turn_error)})
-    return turns
+    """Validated chat turns of ``field`` (the instruction loader's rules)."""
+    return chat_turns(value, field, error)
 
 
 def _transcript(text: str, field: str, error: Error) -> Messages:
