@@ -14,7 +14,6 @@ import logging
 import random
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from components.common import storage
@@ -73,17 +72,20 @@ def _write_jsonl(uri: str, records: list[dict[str, Any]]) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-def _instructions(cfg: Config, world: dict[str, Any] | None) -> tuple[list[Example], list[Example], str]:
+def _task_world(cfg: Config, world: dict[str, Any] | None) -> World:
+    """The world generated tasks are about: the corpus' own, or (when the pre-training corpus
+    came from the user) the one the seed would have generated."""
+    return World.from_dict(world) if world else build_world(cfg.seed, cfg.data.generated.num_people)
+
+
+def _instructions(cfg: Config, world: World) -> tuple[list[Example], list[Example], str]:
     """(train, held-out, source description) instruction examples."""
     icfg = cfg.data.instructions
     if icfg.sources:
         examples = load_instruction_sources(icfg.sources)
         train, heldout = _split_user_records(examples, icfg.heldout_fraction, cfg.seed, "instruction data", icfg.sources)
         return train, heldout, ", ".join(icfg.sources)
-    # Generated tasks are about the generated world (rebuilt from the seed when the
-    # pre-training corpus came from the user).
-    w = World.from_dict(world) if world else build_world(cfg.seed, cfg.data.generated.num_people)
-    train, heldout = generate_instructions(w, cfg.seed, icfg.num_train, icfg.num_heldout)
+    train, heldout = generate_instructions(world, cfg.seed, icfg.num_train, icfg.num_heldout)
     return train, heldout, f"generated tasks (seed {cfg.seed})"
 
 
@@ -101,7 +103,7 @@ def _split_user_records(records: list, fraction: float, seed: int, what: str, so
 
 
 def _preferences(
-    cfg: Config, world: dict[str, Any] | None, sft_train: list[Example], sft_heldout: list[Example]
+    cfg: Config, world: World, sft_train: list[Example], sft_heldout: list[Example]
 ) -> tuple[list[PreferencePair], list[PreferencePair], str]:
     pcfg = cfg.data.preferences
     if pcfg.sources:
@@ -110,13 +112,12 @@ def _preferences(
         pairs = load_preference_sources(pcfg.sources)
         train, heldout = _split_user_records(pairs, pcfg.heldout_fraction, cfg.seed, "preference data", pcfg.sources)
         return train, heldout, ", ".join(pcfg.sources)
-    w = World.from_dict(world) if world else build_world(cfg.seed, cfg.data.generated.num_people)
     prompts_train = [e for e in sft_train if e.family != "user"]
     prompts_held = [e for e in sft_heldout if e.family != "user"]
     if not prompts_train or not prompts_held:  # user instructions: pair up the generated tasks
         icfg = cfg.data.instructions
-        prompts_train, prompts_held = generate_instructions(w, cfg.seed, icfg.num_train, icfg.num_heldout)
-    train, heldout = generate_preferences(w, prompts_train, prompts_held, cfg.seed, pcfg.num_train, pcfg.num_heldout)
+        prompts_train, prompts_held = generate_instructions(world, cfg.seed, icfg.num_train, icfg.num_heldout)
+    train, heldout = generate_preferences(world, prompts_train, prompts_held, cfg.seed, pcfg.num_train, pcfg.num_heldout)
     return train, heldout, f"generated pairs judged by the oracle (seed {cfg.seed})"
 
 
@@ -136,11 +137,12 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         raise DataError(f"the held-out split is empty ({source})")
     log.info("corpus: %d train / %d held-out documents from %s", len(train_docs), len(heldout_docs), source)
 
-    sft_train, sft_heldout, sft_source = _instructions(cfg, world)
+    task_world = _task_world(cfg, world)
+    sft_train, sft_heldout, sft_source = _instructions(cfg, task_world)
     if not sft_train or not sft_heldout:
         raise DataError(f"instruction data has an empty {'train' if not sft_train else 'held-out'} split ({sft_source})")
     log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
-    pref_train, pref_heldout, pref_source = _preferences(cfg, world, sft_train, sft_heldout)
+    pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout)
     log.info("preference pairs: %d train / %d held-out from %s", len(pref_train), len(pref_heldout), pref_source)
 
     storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
@@ -252,8 +254,3 @@ def run_data_prep(cfg: Config, run_id: str) -> dict[str, Any]:
             ctx.tracker.log_params(ctx.mlflow_run_id, {"data_source": manifest["source"]})
         manifest["mlflow_parent_run_id"] = ctx.parent_run_id
         return manifest
-
-
-def tokenizer_local(manifest: dict[str, Any], into: Path) -> Path:
-    """Copy the tokenizer next to a checkpoint being written."""
-    return storage.download_dir(manifest["tokenizer_uri"], into)
