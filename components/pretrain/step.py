@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from typing import Any
 
-from components.common import ray_launch, storage
+from components.common import storage
 from components.common.config import Config
 from components.common.modeling import count_parameters, load_tokenizer, random_init_model
 from components.common.stage import StageContext, stage_context
-from components.common.training_stage import checkpoint_uri
+from components.common.training_stage import TrainingJob, checkpoint_uri, run_training_job
 from components.common.tracking import DatasetRef
 from components.data_prep.step import dataset_refs, load_manifest
 from components.pretrain.train_loop import train_loop_per_worker
@@ -67,60 +66,25 @@ def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
     with stage_context(cfg, run_id, "pretrain") as ctx:
         manifest = load_manifest(data)
         init = create_init_checkpoint(ctx, manifest)
-        out_uri = checkpoint_uri(ctx.run_uri, "pretrain")
-        model_id = ctx.tracker.find_model(run_id, "pretrain") if storage.is_complete(out_uri) else None
-        if model_id:
-            log.info("pretrain already complete at %s; reusing it", out_uri)
-            return {"init": init, "pretrain": {"uri": out_uri, "model_id": model_id}}
-
-        storage.remove(out_uri)
-        ctx.tracker.log_params(
-            ctx.mlflow_run_id,
-            {
-                **{f"pretrain.{k}": v for k, v in cfg.pretrain.model_dump().items()},
+        job = TrainingJob(
+            name="pretrain",
+            train_fn=train_loop_per_worker,
+            loop_config={
+                "cfg": cfg.to_json(),
+                "shard_uri": manifest["pretrain"]["train"]["uri"],
+                "train_files": manifest["pretrain"]["train"]["files"],
+                "init_uri": init["uri"],
+            },
+            parent_model_id=init["model_id"],
+            datasets=[r for r in dataset_refs(manifest, ("pretrain",)) if r.context == "training"],
+            params={
+                **cfg.pretrain.model_dump(),
                 **_model_params(cfg),
                 "deepspeed.zero_stage": cfg.deepspeed.zero_stage,
                 "ray.num_workers": cfg.ray.num_workers,
             },
         )
-        train_ref = [r for r in dataset_refs(manifest, ("pretrain",)) if r.context == "training"]
-        ctx.tracker.log_datasets(ctx.mlflow_run_id, train_ref)
-        ray_uri = storage.join(ctx.run_uri, "ray")
-        resume = ray_launch.latest_ray_checkpoint(storage.join(ray_uri, "pretrain"))
-        if resume is not None:
-            log.info("resuming pre-training from %s", resume)
-        loop_config = {
-            "cfg": cfg.to_json(),
-            "shard_uri": manifest["pretrain"]["train"]["uri"],
-            "train_files": manifest["pretrain"]["train"]["files"],
-            "init_uri": init["uri"],
-            "output_uri": out_uri,
-            "tracking_uri": ctx.tracker.uri,
-            "mlflow_run_id": ctx.mlflow_run_id,
-        }
-        started = time.perf_counter()
-        result = ray_launch.fit(train_loop_per_worker, loop_config, cfg, "pretrain", ray_uri)
-        if result.error:
-            raise RuntimeError(f"pre-training failed: {result.error}") from result.error
-        metrics = dict(result.metrics or {})
-        if not metrics.get("final"):
-            raise RuntimeError(f"pre-training ended without its final checkpoint: {metrics}")
-        seconds = time.perf_counter() - started
-        summary = {
-            "final_train_loss": metrics.get("train_loss", float("nan")),
-            "tokens_per_s": metrics.get("tokens_per_s", 0.0),
-            "fit_seconds": seconds,
-            "resumed_from_step": metrics.get("resumed_from", 0),
-        }
-        ctx.tracker.log_metrics(ctx.mlflow_run_id, summary, step=cfg.pretrain.steps)
-        storage.mark_complete(out_uri, {"stage": "pretrain", "steps": cfg.pretrain.steps})
-        with storage.local_copy(out_uri, "pretrain checkpoint") as local:
-            model_id = ctx.tracker.log_checkpoint(
-                ctx.mlflow_run_id, "pretrain", out_uri, local, init["model_id"], train_ref,
-                {"steps": cfg.pretrain.steps},
-            )
-        log.info(
-            "pretrain done: loss %.3f, %.0f tokens/s, %.0fs (MLflow model %s)",
-            summary["final_train_loss"], summary["tokens_per_s"], seconds, model_id,
-        )
-        return {"init": init, "pretrain": {"uri": out_uri, "model_id": model_id, **summary}}
+        out = run_training_job(ctx, job)
+        out["final_train_loss"] = out.get("train_loss", float("nan"))
+        out["resumed_from_step"] = out.get("resumed_from", 0)
+        return {"init": init, "pretrain": out}

@@ -9,6 +9,7 @@ Train; world rank 0 alone logs metrics to MLflow and writes the final Hugging Fa
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,6 +20,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from components.common.hf_worker import SUMMARY_FILE
 
 log = logging.getLogger("fromscratch.pretrain")
 
@@ -76,8 +79,11 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def _save_hf_model(engine, zero_stage: int, out_uri: str, tokenizer_dir: str, rank: int) -> None:
-    """Write the final Hugging Face folder (safetensors + tokenizer) from rank 0."""
+def _save_hf_model(
+    engine, zero_stage: int, out_uri: str, tokenizer_dir: str, rank: int, summary: dict[str, Any]
+) -> None:
+    """Write the final Hugging Face folder (safetensors + tokenizer + the training summary the
+    stage driver reads) from rank 0."""
     from components.common import storage
 
     state = None
@@ -91,6 +97,7 @@ def _save_hf_model(engine, zero_stage: int, out_uri: str, tokenizer_dir: str, ra
         for file in Path(tokenizer_dir).iterdir():
             if file.is_file():
                 (Path(tmp) / file.name).write_bytes(file.read_bytes())
+        Path(tmp, SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
         storage.upload_dir(tmp, out_uri)
 
 
@@ -188,11 +195,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             window_loss, window_steps = 0.0, 0
         if done % pc.checkpoint_every == 0 or done == pc.steps:
-            if done == pc.steps:
-                _save_hf_model(engine, cfg.deepspeed.zero_stage, config["output_uri"], tokenizer_dir, rank)
             report = dict(last) if last else {}
             report.update(
                 step=done, final=done == pc.steps, resumed_from=start_step,
                 tokens_per_s=timed_tokens / timed_seconds if timed_seconds else 0.0,
             )
+            if done == pc.steps:
+                _save_hf_model(engine, cfg.deepspeed.zero_stage, config["output_uri"], tokenizer_dir, rank, report)
             report_checkpoint(engine, rank, done, report, client_state={"step": done})
