@@ -135,9 +135,26 @@ class PreferenceDataConfig(_Strict):
     num_heldout: int = Field(default=200, ge=1)
 
 
+class ProblemDataConfig(_Strict):
+    """Problems with one verifiable answer, for RLVR: user JSONL (``prompt``/``answer``, or
+    ``question``/``answer`` whose answer ends with ``#### <value>``) or problems generated from
+    the world (multi-step word problems and other families), ``difficulty`` 1..max_difficulty."""
+
+    sources: list[str] = Field(default_factory=list, description="Files/folders/globs; empty = generated.")
+    heldout_fraction: float = Field(default=0.1, gt=0, lt=1)
+    num_train: int = Field(default=2000, ge=1)
+    num_heldout: int = Field(default=150, ge=1)
+    max_difficulty: int = Field(default=3, ge=1, le=5, description="Steps of the hardest generated problems.")
+    sft_share: float = Field(
+        default=0.15, ge=0, lt=1,
+        description="Share of the SFT set made of worked training problems (teaches the answer format).",
+    )
+
+
 class DataConfig(_Strict):
     instructions: InstructionDataConfig = Field(default_factory=InstructionDataConfig)
     preferences: PreferenceDataConfig = Field(default_factory=PreferenceDataConfig)
+    problems: ProblemDataConfig = Field(default_factory=ProblemDataConfig)
     sources: list[DataSource] = Field(
         default_factory=list, description="User corpora; empty means the generated world."
     )
@@ -235,6 +252,54 @@ class PreferenceStageConfig(_Strict):
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
 
 
+class RlvrStageConfig(_Strict):
+    """GRPO on verifiable problems (TRL GRPOTrainer; the verifiers are its reward functions)."""
+
+    steps: int = Field(default=60, ge=1)
+    prompts_per_step: int = Field(default=8, ge=1, description="Distinct problems per worker and step.")
+    num_generations: int = Field(default=8, ge=2, description="Sampled replies per problem (the group).")
+    lr: float = Field(default=5e-5, gt=0)
+    beta: float = Field(default=0.02, ge=0, description="KL weight to the reference (the starting checkpoint).")
+    temperature: float = Field(default=1.0, gt=0)
+    max_new_tokens: int = Field(default=40, ge=1)
+    rewards: list[str] = Field(default_factory=lambda: ["correct", "format"], description="Verifier names.")
+    reward_weights: list[float] | None = None
+    warmup_steps: int = Field(default=0, ge=0)
+    checkpoint_every: int = Field(default=20, ge=1)
+    log_every: int = Field(default=5, ge=1)
+    use_vllm: bool = Field(default=False, description="vLLM generation (GPU clusters with vllm installed).")
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> "RlvrStageConfig":
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError("rlvr.reward_weights must have one weight per entry of rlvr.rewards")
+        return self
+
+
+class GateMetric(_Strict):
+    """One evaluation metric of the final checkpoint the promotion gate compares with the
+    champion's. ``max``: candidate >= champion + margin; ``min``: candidate <= champion - margin.
+    A negative margin is a tolerance ("may drop by at most ...")."""
+
+    name: str
+    direction: Literal["max", "min"] = "max"
+    margin: float = 0.0
+
+
+class PromotionConfig(_Strict):
+    """Registering the final checkpoint and moving the ``champion`` alias only to a better model."""
+
+    enabled: bool = True
+    model_name: str = "fromscratch"
+    alias: str = "champion"
+    gate: list[GateMetric] = Field(
+        default_factory=lambda: [
+            GateMetric(name="reason.pass_at_1", direction="max", margin=0.01),
+            GateMetric(name="instruct.compliance", direction="max", margin=-0.02),
+        ]
+    )
+
+
 class EvaluateConfig(_Strict):
     max_eval_blocks: int = Field(default=64, ge=1, description="Held-out blocks for perplexity.")
     max_instruction_examples: int = Field(default=210, ge=1, description="Held-out prompts per checkpoint.")
@@ -279,7 +344,9 @@ class Config(_Strict):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
     preference: PreferenceStageConfig = Field(default_factory=PreferenceStageConfig)
+    rlvr: RlvrStageConfig = Field(default_factory=RlvrStageConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
 
