@@ -1,0 +1,1 @@
+"""RLVR stage: GRPO on problems with verifiable answers, scored by rule-based verifiers."""

@@ -1,0 +1,262 @@
+"""Rule-based verifiers: the rewards of the RLVR stage and the grader of pass@k evaluation.
+
+Why rules and not a reward model: the problems have one verifiable answer, so a reply can be
+scored exactly and cheaply, and the score cannot be gamed the way a learned reward can. SFT
+teaches every worked reply to end with one sentence, ``"The answer is N."`` (the prefix is
+``ANSWER_PREFIX`` of the instruction data, imported so that the two can never drift apart), and
+the verifiers read that sentence only, whatever reasoning precedes it.
+
+Two verifiers, both with the signature TRL's ``GRPOTrainer`` calls reward functions with,
+``fn(prompts, completions, **columns) -> list[float | None]``:
+
+* ``correct`` (``correctness_reward``): 1.0 when the final answer equals the dataset's
+  ``answer`` column as a number (``normalize_number``: "1,234" == "1234", "5.0" == "5"), else
+  0.0. ``is_correct`` is the same test for one reply, used by evaluation (pass@k).
+* ``format`` (``format_reward``): 1.0 for a reply that *ends* with its one final-answer
+  sentence, 0.5 for a reply that has an unambiguous final answer but does not end with that
+  sentence, 0.0 otherwise (see ``format_score``).
+
+Everything here is pure Python (no torch), so evaluation and tests can import it anywhere.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Context, Decimal, localcontext
+from fractions import Fraction
+from typing import Any
+
+from components.data_prep.instructions import ANSWER_PREFIX
+
+# Longest numeric string considered at all, and most digits a number may have. A reply is
+# sampled text: bounding both keeps a degenerate "999...9" (or a megabyte of junk) from
+# costing anything, while 100 digits is far beyond any answer the problems can have.
+MAX_CHARS = 256
+MAX_DIGITS = 100
+
+# Signs and punctuation that have a non-ASCII twin a model (or a user's data set) may produce.
+# Decimal digits of any script are mapped separately, through ``unicodedata.decimal``.
+_CHAR_MAP = {
+    "\u2212": "-",  # MINUS SIGN
+    "\uff0d": "-",  # FULLWIDTH HYPHEN-MINUS
+    "\uff0b": "+",  # FULLWIDTH PLUS SIGN
+    "\uff0c": ",",  # FULLWIDTH COMMA
+    "\uff0e": ".",  # FULLWIDTH FULL STOP
+    "\uff0f": "/",  # FULLWIDTH SOLIDUS
+    "\u2044": "/",  # FRACTION SLASH
+}
+
+# An integer part: plain digits, or digits grouped by threes with commas ("1,234,567").
+_INT = r"(?:\d{1,3}(?:,\d{3})+|\d+)"
+_DECIMAL_RE = re.compile(rf"([+-]?)({_INT}(?:\.\d+)?|\.\d+)", re.ASCII)
+_FRACTION_RE = re.compile(r"([+-]?)(\d+)/(\d+)", re.ASCII)
+
+# "The answer is X." -- X is everything up to the next whitespace, less the sentence's full
+# stop: "2.5." gives "2.5", "12." gives "12", "5.0" (no stop) gives "5.0". Group 2 holds the
+# full stop when there is one, which is what ``format_score`` checks. Case-sensitive: the exact
+# sentence is part of what SFT teaches and what the format reward pays for.
+_ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX) + r"(\S+?)(\.?)(?=\s|$)")
+
+FORMAT_FULL = 1.0  # the reply ends with its one final-answer sentence
+FORMAT_PARTIAL = 0.5  # an unambiguous final answer, but text (or no full stop) after it
+FORMAT_NONE = 0.0  # empty reply, no final answer, or answers that disagree
+
+
+def _to_ascii(text: str) -> str:
+    """Map digits of any script ("٣", "３") and the signs in ``_CHAR_MAP`` to ASCII."""
+    out = []
+    for ch in text:
+        if ch in _CHAR_MAP:
+            out.append(_CHAR_MAP[ch])
+        elif ch.isdecimal() and not ch.isascii():
+            out.append(str(unicodedata.decimal(ch)))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def normalize_number(text: str) -> str | None:
+    """The canonical spelling of a numeric answer, or ``None`` if ``text`` is not a number.
+
+    Two answers are the same number exactly when their canonical forms are equal strings, so
+    the reward does not depend on how the model happened to write it:
+
+    * surrounding whitespace, one trailing full stop and a leading "+" are dropped;
+    * digits of any script become ASCII ("٣", "３" -> "3"), "−" (U+2212) becomes "-";
+    * thousands separators are commas in groups of three ("1,234" -> "1234"); anything else
+      with a comma ("1,23", "12,34,567") is not a number, since guessing would turn a wrong
+      answer into a right one;
+    * decimals are normalised exactly with ``Decimal`` ("2.50" -> "2.5", "4.0" -> "4",
+      ".5" -> "0.5", "-0" -> "0"), never through float, so huge integers stay exact;
+    * a fraction of two integers "a/b" is reduced ("6/8" -> "3/4", "4/2" -> "2"); it is *not*
+      turned into a decimal, so "1/2" and "0.5" differ (1/3 has no exact decimal form, and
+      the generated problems never mix the two);
+    * words ("seven"), exponents ("1e3"), spaces inside the number, "inf"/"nan", division by
+      zero, strings over ``MAX_CHARS`` characters or numbers over ``MAX_DIGITS`` digits give
+      ``None``.
+    """
+    s = text.strip()
+    if len(s) > MAX_CHARS:
+        return None
+    s = _to_ascii(s)
+    s = s.removesuffix(".")
+    if sum(ch.isdigit() for ch in s) > MAX_DIGITS:
+        return None
+
+    if m := _FRACTION_RE.fullmatch(s):
+        sign, num, den = m.groups()
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den)) * (-1 if sign == "-" else 1)
+        return str(value.numerator) if value.denominator == 1 else f"{value.numerator}/{value.denominator}"
+
+    if m := _DECIMAL_RE.fullmatch(s):
+        sign, body = m.groups()
+        # normalize() rounds to the context's precision (28 digits by default); give it room
+        # for every digit a number may have so that it only strips trailing zeros.
+        with localcontext(Context(prec=MAX_DIGITS + 1)):
+            value = Decimal(("-" if sign == "-" else "") + body.replace(",", "")).normalize()
+        if value.is_zero():
+            return "0"
+        return format(value, "f")  # "f": 1E+2 -> "100", never scientific notation
+
+    return None
+
+
+def _answer_key(value: str) -> str:
+    """What two stated answers are compared by: the number if it is one, else the text."""
+    number = normalize_number(value)
+    return number if number is not None else value
+
+
+def _final_match(reply: str) -> re.Match[str] | None:
+    """The last final-answer sentence, or ``None`` if there is none or the answers disagree.
+
+    Several sentences that state the same value ("... The answer is 5. So the answer is 5."
+    after a restatement) are fine; different values are a hedge, and a hedge earns nothing,
+    or a policy could learn to list every candidate.
+    """
+    matches = list(_ANSWER_RE.finditer(reply))
+    if not matches or len({_answer_key(m.group(1)) for m in matches}) > 1:
+        return None
+    return matches[-1]
+
+
+def final_answer(reply: str) -> str | None:
+    """The raw text of the reply's final answer ("The answer is X." gives "X"), or ``None``.
+
+    ``None`` when the reply has no final-answer sentence (the prefix is case-sensitive, so
+    "the answer is 5" has none) or states different values (see ``_final_match``). The value
+    is returned as written ("1,234", "5.0"); compare values through ``normalize_number``.
+    """
+    m = _final_match(reply)
+    return m.group(1) if m else None
+
+
+def is_correct(reply: str, answer: str) -> bool:
+    """Whether the reply's final answer is ``answer``: as numbers when ``answer`` is numeric,
+    else as exact strings (surrounding whitespace ignored). Shared by the reward and pass@k."""
+    got = final_answer(reply)
+    if got is None:
+        return False
+    expected = normalize_number(answer)
+    if expected is None:
+        return got.strip() == answer.strip()
+    return normalize_number(got) == expected
+
+
+def format_score(reply: str) -> float:
+    """How well a reply follows the final-answer format (the ``FORMAT_*`` constants).
+
+    ``FORMAT_FULL`` needs the reply to end with "The answer is X." -- the full stop included,
+    nothing but whitespace after it -- and no disagreeing answer before it. A reply with an
+    unambiguous answer that is followed by more text, or lacks the full stop, gets
+    ``FORMAT_PARTIAL``: the answer can still be read, but the stop signal SFT taught is lost.
+    The value itself need not be a number (that is ``correct``'s business).
+    """
+    if not reply.strip():
+        return FORMAT_NONE
+    m = _final_match(reply)
+    if m is None:
+        return FORMAT_NONE
+    ends_cleanly = m.group(2) == "." and not m.group(1).endswith(".") and not reply[m.end() :].strip()
+    return FORMAT_FULL if ends_cleanly else FORMAT_PARTIAL
+
+
+def _message_text(message: Mapping[str, Any]) -> str:
+    """The text of one chat message; content may be a string or a list of typed parts."""
+    content = message.get("content")
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(
+        part if isinstance(part, str) else str(part.get("text", ""))
+        for part in content
+        if isinstance(part, str) or part.get("type") == "text"
+    )
+
+
+def completion_text(completion: str | Sequence[Mapping[str, Any]] | Mapping[str, Any]) -> str:
+    """The reply text of one completion as TRL passes it to reward functions.
+
+    Standard datasets give a string; conversational ones a list of messages
+    (``[{"role": "assistant", "content": "..."}]``). The final answer lives in the last
+    assistant message, so that is the one read (a tool-calling rollout has earlier ones).
+    """
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Mapping):
+        return _message_text(completion)
+    if isinstance(completion, Sequence):
+        turns = [m for m in completion if m.get("role", "assistant") == "assistant"]
+        return _message_text(turns[-1]) if turns else ""
+    raise TypeError(f"a completion is a string or a list of messages, got {type(completion).__name__}")
+
+
+def correctness_reward(
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    answer: Sequence[str | None] | None = None,
+    **kwargs: Any,
+) -> list[float | None]:
+    """1.0 per completion whose final answer is the row's ``answer`` (``is_correct``), else 0.0.
+
+    ``answer`` is the dataset column TRL passes as a keyword, aligned with ``completions``. A
+    row whose answer is ``None`` gets ``None``: TRL then ignores this reward for that row,
+    which lets problems without a checkable answer share a dataset with those that have one.
+    """
+    if answer is None:
+        raise ValueError("the 'correct' verifier needs an 'answer' column in the RLVR dataset")
+    if len(answer) != len(completions):
+        raise ValueError(f"{len(completions)} completions but {len(answer)} answers")
+    return [
+        None if a is None else float(is_correct(completion_text(c), str(a)))
+        for c, a in zip(completions, answer)
+    ]
+
+
+def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+    """``format_score`` of each completion: 1.0 / 0.5 / 0.0, independent of correctness."""
+    return [format_score(completion_text(c)) for c in completions]
+
+
+# TRL names each reward's logged metrics after the function's __name__ ("rewards/correct/mean").
+correctness_reward.__name__ = "correct"
+format_reward.__name__ = "format"
+
+RewardFn = Callable[..., list[float | None]]
+VERIFIERS: dict[str, RewardFn] = {"correct": correctness_reward, "format": format_reward}
+
+
+def get_verifiers(names: Sequence[str]) -> list[RewardFn]:
+    """The reward functions for ``rlvr.rewards``, in order; an unknown or empty list is a
+    config error, raised here so that it surfaces before a trainer is built."""
+    if not names:
+        raise ValueError(f"no verifiers named; known: {', '.join(sorted(VERIFIERS))}")
+    unknown = [n for n in names if n not in VERIFIERS]
+    if unknown:
+        raise ValueError(f"unknown verifier {unknown[0]!r}; known: {', '.join(sorted(VERIFIERS))}")
+    return [VERIFIERS[n] for n in names]
