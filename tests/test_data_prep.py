@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from components.common import storage
 from components.common.errors import DataError
-from components.common.tracking import Tracker
-from components.data_prep.shards import read_shards
-from components.data_prep.step import load_manifest, run_data_prep
 from components.common.modeling import load_tokenizer
+from components.common.tracking import Tracker
+from components.data_prep.problems import from_record
+from components.data_prep.shards import read_shards
+from components.data_prep.step import dataset_refs, load_manifest, run_data_prep
 
 
 def test_generated_corpus_prepares_tokenizer_and_shards(make_config):
@@ -35,6 +37,41 @@ def test_generated_corpus_prepares_tokenizer_and_shards(make_config):
     run = tracker.client.get_run(tracker.stage_run(manifest["mlflow_parent_run_id"], "r1", "data_prep"))
     names = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
     assert names["pretrain-train"] == manifest["pretrain"]["train"]["digest"][:32]
+    assert names["rlvr-heldout"] == manifest["rlvr"]["heldout"]["digest"][:32]
+
+
+def test_rlvr_problem_splits_and_their_share_of_sft(make_config):
+    cfg = make_config("data.problems.num_train=200", "data.problems.num_heldout=30", "data.instructions.num_train=300")
+    manifest = run_data_prep(cfg, "rl")
+    rlvr = manifest["rlvr"]
+    assert rlvr["source"].startswith("generated problems")
+    assert (rlvr["train"]["num_examples"], rlvr["heldout"]["num_examples"]) == (200, 30)
+    splits = {split: [from_record(r) for r in storage.read_jsonl(rlvr[split]["uri"])] for split in ("train", "heldout")}
+    assert len(splits["train"]) == 200 and len(splits["heldout"]) == 30
+    assert not {p.question for p in splits["train"]} & {p.question for p in splits["heldout"]}
+    refs = {r.name: r.context for r in dataset_refs(manifest, ("rlvr",))}
+    assert refs == {"rlvr-train": "training", "rlvr-heldout": "evaluation"}
+    assert {r.name for r in dataset_refs(manifest)} >= {"pretrain-train", "sft-heldout", "preference-train", "rlvr-heldout"}
+    # SFT keeps its size; sft_share of it (0.15 of 300) is worked training problems, none held out
+    sft_train = storage.read_jsonl(manifest["sft"]["train"]["uri"])
+    problem_families = {"word_problem", "largest", "smallest"}
+    worked = [r for r in sft_train if r["family"] in problem_families]
+    assert len(sft_train) == 300 and len(worked) == manifest["sft"]["num_problem_examples"] == 45
+    held_questions = {p.question for p in splits["heldout"]}
+    assert not {r["messages"][0]["content"] for r in worked} & held_questions
+    assert all(re.search(r"\. The answer is \d+\.$", r["answer"]) for r in worked), worked[:3]
+
+
+def test_user_problems_are_split_and_not_mixed_into_sft(make_config, tmp_path):
+    path = tmp_path / "problems.jsonl"
+    rows = [{"question": f"What is {i} plus {i}?", "answer": f"{i} + {i} = {2 * i}.\n#### {2 * i}"} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    manifest = run_data_prep(make_config(f"data.problems.sources=['{path}']", "data.instructions.num_train=300"), "up")
+    rlvr = manifest["rlvr"]
+    assert rlvr["source"] == str(path)
+    assert rlvr["train"]["num_examples"] + rlvr["heldout"]["num_examples"] == 40
+    assert rlvr["heldout"]["num_examples"] == 4  # heldout_fraction 0.1
+    assert manifest["sft"]["num_problem_examples"] == 0 and manifest["sft"]["train"]["num_examples"] == 300
 
 
 def test_same_seed_same_data_other_seed_other_data(make_config):

@@ -1,9 +1,11 @@
 """data_prep: corpora in, tokenizer and packed shards out.
 
 Reads the user's corpora (or generates the embedded world), trains the byte-level BPE
-tokenizer, packs train and held-out splits into shards, and logs each dataset to MLflow as an
-input of this stage with its digest. Everything lands in ``<run>/data`` and is marked complete
-last, so a re-run of a finished data_prep skips the work and an interrupted one starts over.
+tokenizer, packs train and held-out splits into shards, writes the instruction, preference and
+RLVR problem splits (a share of the worked training problems joins the SFT set), and logs each
+dataset to MLflow as an input of this stage with its digest. Everything lands in
+``<run>/data`` and is marked complete last, so a re-run of a finished data_prep skips the work
+and an interrupted one starts over.
 """
 
 from __future__ import annotations
@@ -22,18 +24,22 @@ from components.common.errors import DataError
 from components.common.stage import StageContext, stage_context
 from components.common.tracking import DatasetRef
 from components.data_prep.chat_loaders import load_instruction_sources
-from components.data_prep.corpus import generate_corpus
+from components.data_prep.corpus import _stream_seed, generate_corpus
 from components.data_prep.instructions import Example, generate_instructions, to_record
 from components.data_prep.loaders import load_corpus
 from components.data_prep.preferences import PreferencePair, generate_preferences
 from components.data_prep.preferences import to_record as pair_record
-from components.data_prep.world import World, build_world
+from components.data_prep.problems import Problem, generate_problems, to_sft_examples
+from components.data_prep.problems import to_record as problem_record
 from components.data_prep.shards import pack_documents, write_shards
 from components.data_prep.tokenizer import train_tokenizer
+from components.data_prep.world import World, build_world
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+# The datasets a manifest lists, each with a train and a held-out split.
+DATASET_KINDS = ("pretrain", "sft", "preference", "rlvr")
 
 
 def data_uri(run_uri: str) -> str:
@@ -78,15 +84,47 @@ def _task_world(cfg: Config, world: dict[str, Any] | None) -> World:
     return World.from_dict(world) if world else build_world(cfg.seed, cfg.data.generated.num_people)
 
 
-def _instructions(cfg: Config, world: World) -> tuple[list[Example], list[Example], str]:
-    """(train, held-out, source description) instruction examples."""
+def _instructions(cfg: Config, world: World, num_problems: int = 0) -> tuple[list[Example], list[Example], str]:
+    """(train, held-out, source description) instruction examples; generated training sets
+    leave ``num_problems`` of their ``num_train`` slots for worked problems (``_mix_problems``)."""
     icfg = cfg.data.instructions
     if icfg.sources:
         examples = load_instruction_sources(icfg.sources)
         train, heldout = _split_user_records(examples, icfg.heldout_fraction, cfg.seed, "instruction data", icfg.sources)
         return train, heldout, ", ".join(icfg.sources)
-    train, heldout = generate_instructions(world, cfg.seed, icfg.num_train, icfg.num_heldout)
+    train, heldout = generate_instructions(world, cfg.seed, icfg.num_train - num_problems, icfg.num_heldout)
     return train, heldout, f"generated tasks (seed {cfg.seed})"
+
+
+def _problems(cfg: Config, world: World) -> tuple[list[Problem], list[Problem], str]:
+    """(train, held-out, source description) RLVR problems: the user's, or generated."""
+    pcfg = cfg.data.problems
+    if pcfg.sources:
+        from components.data_prep.problem_loaders import load_problem_sources
+
+        problems = load_problem_sources(pcfg.sources)
+        train, heldout = _split_user_records(problems, pcfg.heldout_fraction, cfg.seed, "problem data", pcfg.sources)
+        return train, heldout, ", ".join(pcfg.sources)
+    train, heldout = generate_problems(world, cfg.seed, pcfg.num_train, pcfg.num_heldout, pcfg.max_difficulty)
+    return train, heldout, f"generated problems (seed {cfg.seed}, difficulty 1-{pcfg.max_difficulty})"
+
+
+def _sft_problem_count(cfg: Config, problems_train: list[Problem]) -> int:
+    """How many SFT training slots go to worked problems: ``sft_share`` of ``num_train`` when
+    both the instructions and the problems are generated (user data is used as given)."""
+    if cfg.data.instructions.sources or cfg.data.problems.sources:
+        return 0
+    num_train = cfg.data.instructions.num_train
+    # at least one instruction example stays, whatever the share
+    return min(round(num_train * cfg.data.problems.sft_share), len(problems_train), num_train - 1)
+
+
+def _mix_problems(sft_train: list[Example], problems: list[Problem], seed: int) -> list[Example]:
+    """SFT training examples with the worked ``problems`` shuffled in (seeded), so SFT teaches
+    the "The answer is N." replies RLVR rewards without any batch being only problems."""
+    mixed = sft_train + to_sft_examples(problems)
+    random.Random(_stream_seed(seed, "sft-problem-mix")).shuffle(mixed)
+    return mixed
 
 
 def _split_user_records(records: list, fraction: float, seed: int, what: str, sources: list[str]) -> tuple[list, list]:
@@ -138,12 +176,18 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     log.info("corpus: %d train / %d held-out documents from %s", len(train_docs), len(heldout_docs), source)
 
     task_world = _task_world(cfg, world)
-    sft_train, sft_heldout, sft_source = _instructions(cfg, task_world)
+    rlvr_train, rlvr_heldout, rlvr_source = _problems(cfg, task_world)
+    log.info("problems: %d train / %d held-out from %s", len(rlvr_train), len(rlvr_heldout), rlvr_source)
+    num_sft_problems = _sft_problem_count(cfg, rlvr_train)
+    sft_train, sft_heldout, sft_source = _instructions(cfg, task_world, num_sft_problems)
     if not sft_train or not sft_heldout:
         raise DataError(f"instruction data has an empty {'train' if not sft_train else 'held-out'} split ({sft_source})")
     log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
     pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout)
     log.info("preference pairs: %d train / %d held-out from %s", len(pref_train), len(pref_heldout), pref_source)
+    if num_sft_problems:  # after the preference pairs, which stay on the instruction prompts
+        sft_train = _mix_problems(sft_train, rlvr_train[:num_sft_problems], cfg.seed)
+        log.info("instructions: %d of %d train examples are worked problems", num_sft_problems, len(sft_train))
 
     storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
     tokenizer = train_tokenizer(
@@ -178,6 +222,11 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         uri = storage.join(out, "preference", f"{split}.jsonl")
         digest = _write_jsonl(uri, [pair_record(p) for p in pairs])
         preference[split] = {"uri": uri, "digest": digest, "num_examples": len(pairs)}
+    rlvr = {}
+    for split, problems in (("train", rlvr_train), ("heldout", rlvr_heldout)):
+        uri = storage.join(out, "rlvr", f"{split}.jsonl")
+        digest = _write_jsonl(uri, [problem_record(p) for p in problems])
+        rlvr[split] = {"uri": uri, "digest": digest, "num_examples": len(problems)}
     if world is not None:
         storage.write_json(storage.join(out, "world.json"), world)
 
@@ -198,8 +247,9 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
             }
             for split, s in splits.items()
         },
-        "sft": {"source": sft_source, **sft},
+        "sft": {"source": sft_source, "num_problem_examples": num_sft_problems, **sft},
         "preference": {"source": pref_source, **preference},
+        "rlvr": {"source": rlvr_source, **rlvr},
         "seconds": round(time.perf_counter() - started, 2),
     }
     storage.write_json(storage.join(out, MANIFEST), manifest)
@@ -207,11 +257,16 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     return manifest
 
 
-def dataset_refs(
-    manifest: dict[str, Any], kinds: tuple[str, ...] = ("pretrain", "sft", "preference")
-) -> list[DatasetRef]:
-    """The datasets a manifest describes (``pretrain-train``, ``sft-heldout``, ...), as lineage
-    records."""
+def dataset_refs(manifest: dict[str, Any], kinds: tuple[str, ...] | None = None) -> list[DatasetRef]:
+    """The datasets a manifest describes (``pretrain-train``, ``sft-heldout``, ``rlvr-train``,
+    ...), as lineage records: train splits in the "training" context, held-out ones in
+    "evaluation".
+
+    ``kinds=None`` means every kind of ``DATASET_KINDS`` the manifest has (one written before
+    RLVR existed has no "rlvr"); a kind asked for by name must be there.
+    """
+    if kinds is None:
+        kinds = tuple(kind for kind in DATASET_KINDS if kind in manifest)
     refs = []
     for kind in kinds:
         for split in ("train", "heldout"):
@@ -249,6 +304,7 @@ def run_data_prep(cfg: Config, run_id: str) -> dict[str, Any]:
                     "heldout_tokens": manifest["pretrain"]["heldout"]["num_tokens"],
                     "vocab_size": manifest["vocab_size"],
                     "sft_train_examples": manifest["sft"]["train"]["num_examples"],
+                    "rlvr_train_problems": manifest["rlvr"]["train"]["num_examples"],
                 },
             )
             ctx.tracker.log_params(ctx.mlflow_run_id, {"data_source": manifest["source"]})
