@@ -6,9 +6,13 @@ PIP     := $(PY) -m pip
 PYTEST_ARGS ?=
 ARGS    ?=
 
-.PHONY: install run test test-all compile bench clean
+.PHONY: install run test test-all compile bench clean chromium
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed chromium
+
+# Debian's chromium for the HTML report card's browser test; best effort, never fails.
+chromium:
+	@.ci/install-chromium || true
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)

@@ -1,4 +1,5 @@
-"""``fromscratch``: run the pipeline locally, compile it for a cluster, read lineage.
+"""``fromscratch``: run the pipeline locally, compile it for a cluster, read lineage, rebuild a
+run's report card.
 
 ``run`` executes the real KFP pipeline with ``kfp.local`` (SubprocessRunner, no containers),
 after starting Ray once for the whole run so each training stage joins it instead of paying
@@ -83,12 +84,37 @@ def cmd_run(args: argparse.Namespace) -> int:
         if ray.is_initialized():
             ray.shutdown()
     elapsed = time.perf_counter() - started
-    report = storage.join(run_dir, "eval", "report.md")
-    print("\n" + storage.read_text(report))
+    from components.common.tracking import Tracker
+    from pipelines.reporting import summary_lines
+
+    print("\n".join(summary_lines(Tracker(cfg), run_id, run_dir)))
+    print(f"results:     {storage.join(run_dir, 'eval', 'results.json')}")
+    print(f"lineage:     fromscratch lineage {run_id}")
     print(f"run {run_id} finished in {elapsed:.0f}s")
-    print(f"  report:  {report}")
-    print(f"  results: {storage.join(run_dir, 'eval', 'results.json')}")
-    print(f"  lineage: fromscratch lineage {run_id}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild a run's report card from MLflow (results, curves, promotion) and write it."""
+    from components.common.tracking import Tracker
+    from components.evaluate.report_card import publish_report_card
+    from pipelines.reporting import ReportError, default_report_dir, rebuild_report_card
+
+    cfg = resolved_config(args)
+    try:
+        card = rebuild_report_card(Tracker(cfg), args.run_id)
+    except ReportError as err:
+        print(f"fromscratch: {err}", file=sys.stderr)
+        return 1
+    out = args.out or default_report_dir(cfg, args.run_id)
+    if not storage.is_remote(out):
+        out = str(Path(out).resolve())
+    paths = publish_report_card(card, out)
+    print(f"report card of run {args.run_id}:")
+    print(f"  html:     {paths['html']}")
+    print(f"  markdown: {paths['markdown']}")
+    for name in card.images:
+        print(f"  plot:     {storage.join(out, name)}")
     return 0
 
 
@@ -155,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     lin.add_argument("--stage", default="ppo", help="with a run id: whose checkpoint (ppo, dpo, reward, sft, pretrain, init; default ppo)")
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(fn=cmd_lineage)
+
+    rep = sub.add_parser("report", help="rebuild a run's report card (HTML + Markdown + plots) from MLflow")
+    common(rep)
+    rep.add_argument("run_id", help="the pipeline run id (as printed by `fromscratch run`)")
+    rep.add_argument("--out", help="output folder or URI (default: the run's eval folder, else ./report-<run-id>)")
+    rep.set_defaults(fn=cmd_report)
     add_cluster_commands(sub)
     return parser
 

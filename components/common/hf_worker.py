@@ -23,6 +23,7 @@ from components.common.config import Config
 from components.common.deepspeed_config import build_deepspeed_config, resolve_precision
 from components.common.ds_checkpoint import write_owner
 from components.common.metrics_sink import MetricsSink
+from components.common.progress import StepTimer
 
 log = logging.getLogger("fromscratch.worker")
 
@@ -79,19 +80,26 @@ def trainer_precision_args(cfg: Config) -> dict[str, Any]:
 
 
 class MlflowLogCallback(TrainerCallback):
-    """Forward the trainer's logs (loss, lr, grad norm, rewards...) to the stage's MLflow run."""
+    """Forward the trainer's logs (loss, lr, grad norm, rewards...) to the stage's MLflow run,
+    and log a progress line (job, step/max_steps, loss/reward, ETA) for whoever watches."""
 
-    def __init__(self, sink: MetricsSink, prefix: str = "") -> None:
+    def __init__(self, sink: MetricsSink, prefix: str = "", job: str = "train") -> None:
         self.sink = sink
         self.prefix = prefix
+        self.job = job
+        self.timer: StepTimer | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):  # HF hook; global_step is the resume point
+        self.timer = StepTimer(state.max_steps, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: D401 - HF hook
         if not logs or not state.is_world_process_zero:
             return
         numeric = {f"{self.prefix}{k}": v for k, v in logs.items() if isinstance(v, (int, float))}
         self.sink.log(numeric, step=state.global_step)
-        shown = ", ".join(f"{k} {v:.4g}" for k, v in numeric.items() if k.endswith(("loss", "reward", "learning_rate")))
-        log.info("step %d/%d %s", state.global_step, state.max_steps, shown)
+        timer = self.timer or StepTimer(state.max_steps, 0)
+        shown = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and k.endswith(("loss", "reward", "kl"))}
+        log.info("%s", timer.line(self.job, state.global_step, shown))
 
 
 class CheckpointOwnerCallback(TrainerCallback):
@@ -113,7 +121,9 @@ def add_pipeline_callbacks(trainer, rank: int, config: dict[str, Any]) -> None:
     from ray.train.huggingface.transformers import RayTrainReportCallback
 
     sink = MetricsSink(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
-    trainer.add_callback(MlflowLogCallback(sink, prefix=config.get("metric_prefix", "")))
+    # the checkpoint folder is named after the job (training_stage.checkpoint_uri): "sft", "reward"...
+    job = str(config.get("output_uri", "train")).rstrip("/").rsplit("/", 1)[-1]
+    trainer.add_callback(MlflowLogCallback(sink, prefix=config.get("metric_prefix", ""), job=job))
     trainer.add_callback(CheckpointOwnerCallback(rank))
     trainer.add_callback(RayTrainReportCallback())
 

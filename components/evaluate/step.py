@@ -26,7 +26,9 @@ from components.evaluate.instruct import score_instructions
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_accuracy, sample_replies
 from components.preference.reward import load_reward_model
-from components.evaluate.report import markdown_report
+from components.evaluate.curves import stage_curves
+from components.evaluate.promotion import promote
+from components.evaluate.report_card import build_report_card, publish_report_card
 from components.evaluate.samples import bigram_validity, corpus_bigrams, greedy_samples
 
 log = logging.getLogger(__name__)
@@ -134,10 +136,18 @@ def run_evaluate(
             if model_id:
                 for key, value in metrics.items():
                     ctx.tracker.client.log_metric(ctx.mlflow_run_id, f"eval.{key}", value, model_id=model_id)
-        markdown = markdown_report(results)
         out = storage.join(ctx.run_uri, "eval")
         storage.write_json(storage.join(out, "results.json"), results)
-        storage.write_text(storage.join(out, "report.md"), markdown)
-        ctx.tracker.log_text(ctx.mlflow_run_id, markdown, "report.md")
         ctx.tracker.log_text(ctx.mlflow_run_id, json.dumps(results, indent=2), "results.json")
-        return {"results": results, "markdown": markdown, "eval_uri": out}
+        final = list(checkpoints)[-1]  # the last stage's checkpoint is the candidate
+        promotion = promote(
+            cfg.promotion, ctx.tracker.client, ctx.mlflow_run_id, run_id, final,
+            (model_ids or {}).get(final), results[final]["metrics"],
+        )
+        curves = stage_curves(ctx.tracker.client, ctx.tracker.experiment_id, run_id)
+        card = build_report_card(results, curves, promotion, run_id)
+        paths = publish_report_card(card, out, ctx.tracker.client, ctx.mlflow_run_id)
+        return {
+            "results": results, "markdown": card.markdown, "html": card.html, "eval_uri": out,
+            "report": paths, "promotion": promotion,
+        }

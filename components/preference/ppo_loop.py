@@ -43,6 +43,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     from components.common.logs import setup_logging
     from components.common.metrics_sink import MetricsSink
     from components.common.modeling import load_model, load_tokenizer
+    from components.common.progress import StepTimer
     from components.preference.ppo import PolicyWithValue, PPOHyperparams, ppo_iteration
     from components.preference.reward import load_reward_model, reward_scores
 
@@ -83,6 +84,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     sink = MetricsSink(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
     prefix = config.get("metric_prefix", "")
     history: list[dict[str, float]] = []
+    timer = StepTimer(pc.iterations, start)
     for iteration in range(start, pc.iterations):
         batch = prompt_batch(prompts, iteration, pc.prompts_per_worker, rank, world, cfg.seed)
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
@@ -104,11 +106,8 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
         history.append(stats)
         sink.log({f"{prefix}{k}": v for k, v in stats.items()}, step=done)
         if rank == 0:
-            log.info(
-                "ppo iteration %d/%d score %.3f kl %.3f reply length %.1f ended %.2f",
-                done, pc.iterations, stats["score_mean"], stats["kl"],
-                stats["reply_length_mean"], stats["ended_fraction"],
-            )
+            shown = {k: stats[k] for k in ("score_mean", "kl", "reply_length_mean", "ended_fraction")}
+            log.info("%s", timer.line("ppo", done, shown))
         if done % pc.checkpoint_every == 0 or done == pc.iterations:
             report_checkpoint(engine, rank, done, {"iteration": done, **stats}, client_state={"iteration": done})
 

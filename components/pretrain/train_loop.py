@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from components.common.hf_worker import SUMMARY_FILE
+from components.common.progress import StepTimer
 
 log = logging.getLogger("fromscratch.pretrain")
 
@@ -156,7 +157,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     window_loss, window_steps = 0.0, 0
     last: dict[str, float] = {}
     engine.train()
-    loop_start = time.perf_counter()
+    timer = StepTimer(pc.steps, start_step)
     for step in range(start_step, pc.steps):
         step_start = time.perf_counter()
         step_loss = 0.0
@@ -187,12 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             sink.log({k: v for k, v in last.items() if k != "step"}, step=done)
             if rank == 0:
-                spent = time.perf_counter() - loop_start
-                eta = spent / (done - start_step) * (pc.steps - done)
-                log.info(
-                    "pretrain step %d/%d loss %.4f lr %.2e %.0f tok/s ETA %.0fs",
-                    done, pc.steps, last["train_loss"], last["lr"], tps, eta,
-                )
+                shown = {"loss": last["train_loss"], "lr": last["lr"], "tok/s": round(tps)}
+                log.info("%s", timer.line("pretrain", done, shown))
             window_loss, window_steps = 0.0, 0
         if done % pc.checkpoint_every == 0 or done == pc.steps:
             report = dict(last) if last else {}

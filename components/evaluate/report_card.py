@@ -1,0 +1,253 @@
+"""The report card of a pipeline run: what each stage changed, in one page.
+
+Built from the evaluate stage's ``results`` (checkpoint → metrics and samples, in stage order)
+and the training curves in MLflow, with the promotion decision when there is one. It is
+assembled once as a list of blocks (headings, paragraphs, ``report.Table``s, images) and
+rendered twice:
+
+- Markdown, with the plots as PNG files beside it (for the run's storage folder and git-style
+  viewers);
+- one self-contained HTML file (inline CSS, plots as base64 data URIs, every text escaped), so
+  it can be mailed, attached to the KFP run as a visualisation, or opened from MLflow.
+
+The same function serves the end of ``evaluate`` and ``fromscratch report <run-id>``, which
+rebuilds the card from MLflow alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.common import storage
+from components.evaluate.curves import Curves
+from components.evaluate.plots import curve_plots
+from components.evaluate.report import (
+    Table,
+    fmt,
+    headline_keys,
+    html_table,
+    markdown_table,
+    metric_table,
+    other_metric_keys,
+    reply_tables,
+    stages,
+)
+
+MARKDOWN_FILE = "report.md"
+HTML_FILE = "report.html"
+ARTIFACT_PATH = "report_card"
+
+
+# -- blocks ---------------------------------------------------------------------------------
+@dataclass
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass
+class Para:
+    text: str
+    css_class: str = ""
+
+
+@dataclass
+class TableBlock:
+    table: Table
+    css_class: str = ""
+
+
+@dataclass
+class Image:
+    name: str
+    alt: str
+
+
+@dataclass
+class Details:
+    """Collapsed in HTML (long, rarely needed); a plain sub-section in Markdown."""
+
+    summary: str
+    blocks: list[Block]
+
+
+Block = Heading | Para | TableBlock | Image | Details
+
+
+@dataclass
+class ReportCard:
+    title: str
+    markdown: str
+    html: str
+    images: dict[str, bytes]  # file name → PNG, referenced by name from the Markdown
+
+
+# -- content --------------------------------------------------------------------------------
+def promotion_blocks(decision: dict[str, Any]) -> list[Block]:
+    """The gate's verdict in one sentence, then its comparisons."""
+    name, version = decision.get("model_name", ""), decision.get("version")
+    model = f"{name} v{version}" if version else name
+    if decision.get("promoted") and decision.get("champion_version") == version:  # evaluate re-ran
+        text = f"Promoted: {model} is already '{decision.get('alias')}'"
+    elif decision.get("promoted"):
+        text = f"Promoted: {model} is now '{decision.get('alias')}' — {decision.get('reason', '')}"
+    else:
+        text = f"Not promoted: {model} — {decision.get('reason', '')}"
+        if decision.get("champion_version"):
+            text += f" (the '{decision.get('alias')}' stays version {decision['champion_version']})"
+    blocks: list[Block] = [Heading("Promotion"), Para(text, "promoted" if decision.get("promoted") else "held")]
+    if decision.get("checks"):
+        table = Table(["gate metric", "direction", "margin", "candidate", "champion", "required", "passed"])
+        for c in decision["checks"]:
+            table.rows.append([
+                c["metric"], c["direction"], f"{c['margin']:+g}", fmt(c["candidate"]), fmt(c["champion"]),
+                fmt(c["required"]), ("yes" if c["passed"] else "NO") + (f" ({c['note']})" if c.get("note") else ""),
+            ])
+        blocks.append(TableBlock(table))
+    return blocks
+
+
+def card_blocks(
+    results: dict[str, Any], plots: dict[str, bytes], promotion: dict[str, Any] | None
+) -> list[Block]:
+    names = stages(results)
+    blocks: list[Block] = [Para("Stages, in order: " + " → ".join(names) + ". Every checkpoint is measured on the same held-out suites.")]
+    if promotion:
+        blocks += promotion_blocks(promotion)
+    blocks += [Heading("Metrics"), TableBlock(metric_table(results, headline_keys(results)), "metrics")]
+    rm = results.get("reward_model", {}).get("metrics", {})
+    if rm:
+        shown = ", ".join(f"{k.replace('_', ' ')} {fmt(v)}" for k, v in rm.items())
+        blocks.append(Para(f"Reward model (judge of the preference suite), on held-out pairs: {shown}."))
+    blocks.append(Heading("Training curves"))
+    if plots:
+        blocks += [Image(name, name.removesuffix(".png").replace("-", " ")) for name in plots]
+    else:
+        blocks.append(Para("No training curves were found in MLflow for this run."))
+    blocks.append(Heading("Replies, stage by stage"))
+    for title, explanation, table in reply_tables(results):
+        blocks += [Heading(title, 3), Para(explanation), TableBlock(table, "replies")]
+    others = other_metric_keys(results)
+    if others:
+        table = metric_table(results, others)
+        table = Table([table.header[0], *table.header[2:]], [[r[1], *r[2:]] for r in table.rows])  # label = key
+        blocks.append(Details("All other metrics", [TableBlock(table, "metrics others")]))
+    return blocks
+
+
+# -- renderers ------------------------------------------------------------------------------
+def _md_blocks(blocks: list[Block]) -> list[str]:
+    lines: list[str] = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            lines += ["#" * block.level + " " + block.text, ""]
+        elif isinstance(block, Para):
+            lines += [block.text, ""]
+        elif isinstance(block, TableBlock):
+            lines += [markdown_table(block.table), ""]
+        elif isinstance(block, Image):
+            lines += [f"![{block.alt}]({block.name})", ""]
+        elif isinstance(block, Details):
+            lines += [f"## {block.summary}", "", *_md_blocks(block.blocks)]
+    return lines
+
+
+def render_markdown(title: str, blocks: list[Block]) -> str:
+    return "\n".join([f"# {title}", "", *_md_blocks(blocks)]).rstrip() + "\n"
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; margin: 24px auto;
+       max-width: 1400px; padding: 0 16px; color: #1d2330; line-height: 1.4; }
+h1 { font-size: 1.6em; margin-bottom: 4px; } h2 { margin-top: 1.6em; border-bottom: 1px solid #dde; }
+.scroll { overflow-x: auto; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.9em; }
+th, td { border: 1px solid #ccd; padding: 4px 8px; vertical-align: top; text-align: left; }
+th { background: #eef1f7; position: sticky; top: 0; }
+table.metrics td { text-align: right; font-variant-numeric: tabular-nums; }
+table.metrics td:first-child, table.metrics:not(.others) td:nth-child(2) { text-align: left; }
+table.metrics:not(.others) td:nth-child(2) { font-family: monospace; color: #667; font-size: 0.85em; }
+table.others td:first-child { font-family: monospace; }
+table.replies td { font-family: "DejaVu Sans Mono", monospace; font-size: 0.8em; min-width: 140px; max-width: 300px;
+                   word-break: break-word; }
+td.missing { color: #aab; text-align: center !important; }
+tr:nth-child(even) td { background: #fafbfd; }
+p.promoted { background: #e6f6ea; border-left: 4px solid #2e9a4a; padding: 8px 12px; }
+p.held { background: #fff4e0; border-left: 4px solid #d08a00; padding: 8px 12px; }
+img.curves { max-width: 100%; border: 1px solid #e3e6ee; margin: 6px 0 12px; display: block; }
+details summary { cursor: pointer; font-weight: 600; margin: 12px 0; }
+"""
+
+
+def _html_blocks(blocks: list[Block], images: dict[str, bytes]) -> list[str]:
+    out = []
+    for block in blocks:
+        if isinstance(block, Heading):
+            out.append(f"<h{block.level}>{html.escape(block.text)}</h{block.level}>")
+        elif isinstance(block, Para):
+            cls = f' class="{html.escape(block.css_class)}"' if block.css_class else ""
+            out.append(f"<p{cls}>{html.escape(block.text)}</p>")
+        elif isinstance(block, TableBlock):
+            out.append(f'<div class="scroll">{html_table(block.table, block.css_class)}</div>')
+        elif isinstance(block, Image):
+            data = base64.b64encode(images[block.name]).decode("ascii")
+            out.append(f'<img class="curves" alt="{html.escape(block.alt)}" src="data:image/png;base64,{data}">')
+        elif isinstance(block, Details):
+            inner = "\n".join(_html_blocks(block.blocks, images))
+            out.append(f"<details><summary>{html.escape(block.summary)}</summary>\n{inner}\n</details>")
+    return out
+
+
+def render_html(title: str, blocks: list[Block], images: dict[str, bytes]) -> str:
+    body = "\n".join(_html_blocks(blocks, images))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head>\n"
+        f"<body>\n<h1>{html.escape(title)}</h1>\n{body}\n</body></html>\n"
+    )
+
+
+# -- entry points ---------------------------------------------------------------------------
+def build_report_card(
+    results: dict[str, Any],
+    curves: Curves | None = None,
+    promotion: dict[str, Any] | None = None,
+    run_id: str = "",
+) -> ReportCard:
+    """The card for one pipeline run from its evaluation ``results`` (stage order), its
+    training ``curves`` (``curves.stage_curves``) and the promotion decision, if any."""
+    title = f"fromscratch report card — run {run_id}" if run_id else "fromscratch report card"
+    images = curve_plots(curves or {})
+    blocks = card_blocks(results, images, promotion)
+    return ReportCard(title, render_markdown(title, blocks), render_html(title, blocks, images), images)
+
+
+def _write_local(card: ReportCard, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKDOWN_FILE).write_text(card.markdown, encoding="utf-8")
+    (folder / HTML_FILE).write_text(card.html, encoding="utf-8")
+    for name, png in card.images.items():
+        (folder / name).write_bytes(png)
+
+
+def publish_report_card(
+    card: ReportCard, folder_uri: str, client: Any | None = None, mlflow_run_id: str | None = None
+) -> dict[str, str]:
+    """Write the card (Markdown, HTML, PNGs side by side) to ``folder_uri`` (any fsspec URI)
+    and, given a client and run, log the same files as the run's ``report_card/`` artifacts.
+    Returns the URIs of the Markdown and HTML files."""
+    with tempfile.TemporaryDirectory(prefix="report-card-") as tmp:
+        _write_local(card, Path(tmp))
+        storage.upload_dir(tmp, folder_uri)
+        if client is not None and mlflow_run_id:
+            client.log_artifacts(mlflow_run_id, tmp, ARTIFACT_PATH)
+    return {
+        "markdown": storage.join(folder_uri, MARKDOWN_FILE),
+        "html": storage.join(folder_uri, HTML_FILE),
+        "folder": folder_uri,
+    }

@@ -1,0 +1,112 @@
+"""What the CLI tells a person about a finished run, read from MLflow alone.
+
+``fromscratch report <run-id>`` rebuilds the report card from the evaluate run's logged
+``results.json``, the stages' metric histories and the promotion decision tagged on the
+evaluate run, so it works for any run the tracking server knows, on any machine, without the
+run's storage. ``fromscratch run`` ends with ``summary_lines``: per-stage wall time, where
+the card is, and what the promotion gate decided.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from components.common import storage
+from components.common.config import Config
+from components.common.tracking import Tracker
+from components.evaluate.curves import stage_curves, stage_runs
+from components.evaluate.promotion import decision_from_tags
+from components.evaluate.report import headline_keys, markdown_table, metric_table
+from components.evaluate.report_card import (
+    HTML_FILE,
+    MARKDOWN_FILE,
+    ReportCard,
+    build_report_card,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ReportError(RuntimeError):
+    """The run has no finished evaluation to build a card from."""
+
+
+def evaluate_run(tracker: Tracker, run_id: str) -> Any:
+    run = stage_runs(tracker.client, tracker.experiment_id, run_id).get("evaluate")
+    if run is None:
+        raise ReportError(f"run {run_id} has no evaluate stage in MLflow ({tracker.uri})")
+    return run
+
+
+def logged_results(tracker: Tracker, mlflow_run_id: str) -> dict[str, Any]:
+    """The ``results.json`` artifact the evaluate stage logged (stage order preserved)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small file
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracker.client.download_artifacts(mlflow_run_id, "results.json", tmp)
+        except Exception as err:  # MLflow raises several types for a missing file
+            raise ReportError(f"evaluate run {mlflow_run_id} has no results.json artifact: {err}") from err
+        return json.loads(Path(path).read_text())
+
+
+def rebuild_report_card(tracker: Tracker, run_id: str) -> ReportCard:
+    """The report card of ``run_id`` from MLflow: results, curves and promotion decision."""
+    run = evaluate_run(tracker, run_id)
+    results = logged_results(tracker, run.info.run_id)
+    curves = stage_curves(tracker.client, tracker.experiment_id, run_id)
+    return build_report_card(results, curves, decision_from_tags(run.data.tags), run_id)
+
+
+def default_report_dir(cfg: Config, run_id: str) -> str:
+    """The run's own ``eval`` folder when its storage is reachable, else ``./report-<run-id>``."""
+    run_dir = storage.join(storage.normalize(cfg.storage.root), run_id)
+    try:
+        reachable = storage.exists(run_dir)
+    except Exception as err:  # noqa: BLE001 - unreachable remote storage: use the working dir
+        log.warning("run storage %s not reachable (%s); writing the card here", run_dir, err)
+        reachable = False
+    return storage.join(run_dir, "eval") if reachable else str(Path.cwd() / f"report-{run_id}")
+
+
+def stage_wall_times(tracker: Tracker, run_id: str) -> list[tuple[str, float | None, str]]:
+    """(stage, seconds, status) in run order, from the stage runs' start and end times. A
+    stage re-run reopens its run, so its time then spans both attempts."""
+    out = []
+    for stage, run in stage_runs(tracker.client, tracker.experiment_id, run_id).items():
+        start, end = run.info.start_time, run.info.end_time
+        out.append((stage, (end - start) / 1000 if start and end else None, run.info.status))
+    return out
+
+
+def summary_lines(tracker: Tracker, run_id: str, run_dir: str) -> list[str]:
+    """The end-of-run summary: metrics table, stage times, card paths, promotion decision."""
+    from components.common.progress import format_duration
+
+    lines: list[str] = []
+    try:
+        run = evaluate_run(tracker, run_id)
+        results = logged_results(tracker, run.info.run_id)  # (the storage copy has sorted keys)
+        lines += ["", markdown_table(metric_table(results, headline_keys(results))), ""]
+        decision = decision_from_tags(run.data.tags)
+    except ReportError:
+        decision = None
+    lines.append("stage times:")
+    for stage, seconds, status in stage_wall_times(tracker, run_id):
+        flag = "" if status == "FINISHED" else f"  ({status})"
+        lines.append(f"  {stage:<12} {format_duration(seconds):>8}{flag}")
+    eval_dir = storage.join(run_dir, "eval")
+    lines.append(f"report card: {storage.join(eval_dir, HTML_FILE)}")
+    lines.append(f"             {storage.join(eval_dir, MARKDOWN_FILE)}")
+    if decision:
+        version = f" v{decision['version']}" if decision.get("version") else ""
+        if decision["promoted"] and decision.get("champion_version") == decision.get("version"):
+            verdict = f"is already '{decision['alias']}'"
+        else:
+            verdict = f"promoted to '{decision['alias']}'" if decision["promoted"] else "not promoted"
+        lines.append(f"promotion:   {decision['model_name']}{version} {verdict} — {decision.get('reason', '')}")
+    return lines
