@@ -1,4 +1,4 @@
-"""The six steps as KFP v2 lightweight components (today: data_prep, pretrain, sft, preference, evaluate).
+"""The six steps as KFP v2 lightweight components: data_prep, pretrain, sft, preference, rlvr, evaluate.
 
 Each body is deliberately thin: it turns KFP parameters and artifacts into a call of the
 stage's plain Python entry point (which the tests call directly) and records the result as
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 
 def data_prep(
@@ -113,6 +113,30 @@ def preference(
     )
 
 
+def rlvr(
+    config_json: str,
+    overrides: str,
+    run_id: str,
+    data: Input[Dataset],
+    preference_model: Input[Model],
+    rlvr_model: Output[Model],
+):
+    """Reasoning fine-tuning with verifiable rewards (stage 4): TRL GRPOTrainer + verifiers."""
+    from components.common.kfp_io import read_pointer, stage_config, user_errors, write_pointer
+    from components.rlvr.step import run_rlvr
+
+    base = read_pointer(preference_model)
+    with user_errors("rlvr"):
+        out = run_rlvr(
+            stage_config(config_json, overrides), run_id, read_pointer(data)["uri"],
+            {"uri": base["uri"], "model_id": base.get("mlflow_model_id", "")},
+        )
+    write_pointer(
+        rlvr_model, out["uri"], mlflow_model_id=out["model_id"], stage="rlvr",
+        parent_model_id=base.get("mlflow_model_id", ""),
+    )
+
+
 def evaluate(
     config_json: str,
     overrides: str,
@@ -122,12 +146,15 @@ def evaluate(
     pretrain_model: Input[Model],
     sft_model: Input[Model],
     preference_model: Input[Model],
+    rlvr_model: Input[Model],
     reward_model: Input[Model],
     metrics: Output[Metrics],
     report: Output[Markdown],
+    report_card: Output[HTML],
     results: Output[Artifact],
 ):
-    """The same held-out suites on every checkpoint; a table for people, JSON for gates."""
+    """The same held-out suites on every checkpoint; the report card (Markdown + one HTML page
+    with the plots), JSON for scripts, and the promotion decision for the final checkpoint."""
     import json
 
     from components.common.kfp_io import read_pointer, stage_config, user_errors
@@ -138,6 +165,7 @@ def evaluate(
         "pretrain": read_pointer(pretrain_model),
         "sft": read_pointer(sft_model),
         "preference": read_pointer(preference_model),
+        "rlvr": read_pointer(rlvr_model),
     }
     with user_errors("evaluate"):
         out = run_evaluate(
@@ -151,9 +179,13 @@ def evaluate(
             metrics.log_metric(f"{name}.{key}", float(value))
     with open(report.path, "w") as fh:
         fh.write(out["markdown"])
+    with open(report_card.path, "w") as fh:
+        fh.write(out["html"])  # self-contained (plots embedded): the KFP UI shows it as is
+    report_card.metadata["uri"] = out["report"]["html"]
     with open(results.path, "w") as fh:
         json.dump(out["results"], fh, indent=2)
     results.metadata["uri"] = out["eval_uri"]
+    results.metadata["promoted"] = bool(out["promotion"].get("promoted", False))
 
 
 @dataclass(frozen=True)
@@ -162,6 +194,7 @@ class Components:
     pretrain: Callable
     sft: Callable
     preference: Callable
+    rlvr: Callable
     evaluate: Callable
 
 
@@ -173,5 +206,5 @@ def make_components(base_image: str) -> Components:
 
     return Components(
         data_prep=wrap(data_prep), pretrain=wrap(pretrain), sft=wrap(sft),
-        preference=wrap(preference), evaluate=wrap(evaluate),
+        preference=wrap(preference), rlvr=wrap(rlvr), evaluate=wrap(evaluate),
     )

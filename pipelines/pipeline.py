@@ -1,4 +1,4 @@
-"""The fromscratch pipeline: data_prep → pretrain → sft → preference → evaluate (later: rlvr).
+"""The fromscratch pipeline: data_prep → pretrain → sft → preference → rlvr → evaluate.
 
 ``build_pipeline`` bakes the resolved config in as the default of the ``config_json``
 parameter, so a compiled YAML is self-contained; people starting a run from the KFP UI edit
@@ -37,14 +37,19 @@ def build_pipeline(cfg: Config) -> Callable:
             config_json=config_json, overrides=overrides, run_id=rid, data=prep.outputs["data"],
             sft_model=tuned.outputs["sft_model"],
         )
+        reason = ops.rlvr(
+            config_json=config_json, overrides=overrides, run_id=rid, data=prep.outputs["data"],
+            preference_model=pref.outputs["preference_model"],
+        )
         ev = ops.evaluate(
             config_json=config_json, overrides=overrides, run_id=rid, data=prep.outputs["data"],
             init_model=pre.outputs["init_model"], pretrain_model=pre.outputs["pretrain_model"],
             sft_model=tuned.outputs["sft_model"], preference_model=pref.outputs["preference_model"],
-            reward_model=pref.outputs["reward_model"],
+            rlvr_model=reason.outputs["rlvr_model"], reward_model=pref.outputs["reward_model"],
         )
         # Stages resume from storage themselves; KFP's cache would skip a re-run wrongly.
-        stages = ((prep, "data_prep"), (pre, "pretrain"), (tuned, "sft"), (pref, "preference"), (ev, "evaluate"))
+        stages = ((prep, "data_prep"), (pre, "pretrain"), (tuned, "sft"), (pref, "preference"),
+                  (reason, "rlvr"), (ev, "evaluate"))
         for task, stage in stages:
             task.set_caching_options(False)
             configure_task(task, cfg, stage)

@@ -33,6 +33,8 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         "data.instructions.num_heldout=70", "data.preferences.num_train=600", "data.preferences.num_heldout=40",
         "preference.reward.steps=60", "preference.reward.checkpoint_every=60",
         "preference.ppo.iterations=6", "preference.ppo.checkpoint_every=6", "preference.ppo.prompts_per_worker=8",
+        "data.problems.num_train=300", "data.problems.num_heldout=30", "rlvr.steps=4", "rlvr.checkpoint_every=4",
+        "rlvr.prompts_per_step=2", "rlvr.num_generations=4", "evaluate.pass_k=2",
     ]
     args = ["run", "--run-id", "e2e"] + [x for o in overrides for x in ("--set", o)]
     proc = _cli(*args, cwd=tmp_path)
@@ -59,18 +61,26 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     lineage = _cli("lineage", "e2e", "--json", "--set", f"storage.root={tmp_path / 'runs'}", cwd=tmp_path)
     assert lineage.returncode == 0, lineage.stderr[-2000:]
     chain = json.loads(lineage.stdout)
-    assert [link["stage"] for link in chain] == ["ppo", "sft", "pretrain", "init"]
+    assert [link["stage"] for link in chain] == ["rlvr", "ppo", "sft", "pretrain", "init"]
     for child, parent in zip(chain, chain[1:]):
         assert child["parent_model_id"] == parent["model_id"]
     assert chain[-1]["parent_model_id"] is None
-    assert any("preference-train" in d for d in chain[0]["datasets"])
-    assert any("sft-train" in d for d in chain[1]["datasets"])
-    assert any("pretrain-train" in d for d in chain[2]["datasets"])
+    assert any("rlvr-train" in d for d in chain[0]["datasets"])
+    assert any("preference-train" in d for d in chain[1]["datasets"])
+    assert any("sft-train" in d for d in chain[2]["datasets"])
+    assert any("pretrain-train" in d for d in chain[3]["datasets"])
 
     # the preference suite ran: reward model accuracy and win rates against SFT are reported
     assert results["reward_model"]["metrics"]["pairwise_accuracy"] > 0.5
     assert results["sft"]["metrics"]["pref.win_rate_oracle_vs_sft"] == 0.5  # SFT against itself
     assert 0.0 <= results["preference"]["metrics"]["pref.win_rate_oracle_vs_sft"] <= 1.0
+
+    # the reasoning suite ran on every checkpoint, with per-difficulty figures
+    for name in ("init", "pretrain", "sft", "preference", "rlvr"):
+        reason = results[name]["metrics"]
+        assert 0.0 <= reason["reason.pass_at_1"] <= reason["reason.pass_at_k"] <= 1.0, (name, reason)
+        assert "reason.pass_at_1.d1" in reason
+    assert (run_dir / "checkpoints" / "rlvr" / "_COMPLETE").is_file()
 
     # KFP artifacts point at storage, they do not copy checkpoints
     pointers = list((run_dir / "kfp").rglob("pretrain_model"))
@@ -84,7 +94,7 @@ def test_pipeline_compiles(preset, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     spec = next(yaml.safe_load_all(out.read_text()))  # a second document holds platform (k8s) settings
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {"data-prep", "pretrain", "sft", "preference", "evaluate"}
+    assert set(tasks) == {"data-prep", "pretrain", "sft", "preference", "rlvr", "evaluate"}
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert {"config_json", "overrides", "run_id"} <= set(params)
     assert json.loads(params["config_json"]["defaultValue"])["preset"] == preset

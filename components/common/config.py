@@ -310,6 +310,9 @@ class EvaluateConfig(_Strict):
     )
     batch_size: int = Field(default=16, ge=1)
     max_new_tokens: int = Field(default=24, ge=1)
+    max_problems: int = Field(default=150, ge=1, description="Held-out RLVR problems per checkpoint.")
+    pass_k: int = Field(default=8, ge=0, description="Sampled replies per problem for pass@k (0: greedy only).")
+    reasoning_max_new_tokens: int = Field(default=48, ge=1)
     sample_prompts: list[str] = Field(
         default_factory=lambda: [
             "Mira lives in",

@@ -13,7 +13,7 @@ import logging
 import re
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from transformers import TrainerCallback
@@ -128,9 +128,17 @@ def add_pipeline_callbacks(trainer, rank: int, config: dict[str, Any]) -> None:
     trainer.add_callback(RayTrainReportCallback())
 
 
-def train_and_publish(trainer, tokenizer, rank: int, config: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def train_and_publish(
+    trainer,
+    tokenizer,
+    rank: int,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    extra_fn: Callable[[], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Hook the trainer into the pipeline, train (resuming if Ray restored a checkpoint), and
-    publish the final model with its summary."""
+    publish the final model with its summary (plus ``extra`` and, computed after training,
+    ``extra_fn()``)."""
     from ray.train.huggingface.transformers import prepare_trainer
 
     add_pipeline_callbacks(trainer, rank, config)
@@ -142,6 +150,7 @@ def train_and_publish(trainer, tokenizer, rank: int, config: dict[str, Any], ext
         "step": trainer.state.global_step,
         "resumed_from": start_step,
         **(extra or {}),
+        **(extra_fn() if extra_fn else {}),
     }
     publish_model(trainer, tokenizer, config["output_uri"], rank, summary)
     return summary

@@ -1,7 +1,9 @@
 """evaluate: the same held-out suite on every checkpoint it is given.
 
-Suites today: perplexity on the held-out pre-training text, and greedy samples of fixed
-prompts with a word-validity score. Results go to MLflow (on the evaluate run, keyed by
+Suites: perplexity on the held-out pre-training text; greedy samples of fixed prompts with a
+word-validity score; instruction following (compliance, per-family accuracy); preference (the
+reward model's pairwise accuracy, win rates against SFT by the reward model and the oracle,
+KL to SFT); reasoning (pass@1 and pass@k on held-out problems, per difficulty). Results go to MLflow (on the evaluate run, keyed by
 checkpoint, and on each checkpoint's LoggedModel), and to ``<run>/eval`` as JSON (for scripts
 and CI gates) and Markdown (for people).
 """
@@ -25,6 +27,7 @@ from components.data_prep.preferences import from_record as pair_from_record
 from components.evaluate.instruct import score_instructions
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_accuracy, sample_replies
+from components.evaluate.reasoning import score_problems
 from components.preference.reward import load_reward_model
 from components.evaluate.curves import stage_curves
 from components.evaluate.promotion import promote
@@ -41,6 +44,7 @@ class Suites:
     heldout: Any
     bigrams: set[tuple[str, str]]
     instructions: list[Example]
+    problems: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[PreferencePair] = field(default_factory=list)
     reward_model: Any = None
     sft_model: Any = None
@@ -59,6 +63,12 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
     instruct, instruct_samples = score_instructions(model, tokenizer, suites.instructions, ev.instruction_max_new_tokens)
     metrics.update({f"instruct.{k}": v for k, v in instruct.items()})
     out = {"metrics": metrics, "samples": samples, "instruction_samples": instruct_samples}
+    if suites.problems:
+        reason, reason_samples = score_problems(
+            model, tokenizer, suites.problems, ev.pass_k, ev.reasoning_max_new_tokens, ev.sample_temperature, cfg.seed
+        )
+        metrics.update({f"reason.{k}": v for k, v in reason.items()})
+        out["reasoning_samples"] = reason_samples
     if suites.reward_model is not None and suites.sft_replies is not None:
         prompts = [p.prompt for p in suites.pairs]
         replies = sample_replies(model, tokenizer, prompts, ev.instruction_max_new_tokens, ev.sample_temperature, cfg.seed)
@@ -111,6 +121,8 @@ def run_evaluate(
             instructions=[from_record(r) for r in storage.read_jsonl(manifest["sft"]["heldout"]["uri"])][
                 : cfg.evaluate.max_instruction_examples
             ],
+            problems=storage.read_jsonl(manifest["rlvr"]["heldout"]["uri"])[: cfg.evaluate.max_problems]
+            if "rlvr" in manifest else [],
         )
         ctx.tracker.log_datasets(
             ctx.mlflow_run_id, [r for r in dataset_refs(manifest) if r.context == "evaluation"]
@@ -129,7 +141,7 @@ def run_evaluate(
             metrics = results[name]["metrics"]
             log.info(
                 "%s: %s", name,
-                ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if not k.startswith("instruct.acc.")),
+                ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k.count(".") <= 1 and "heldout" not in k),
             )
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
             model_id = (model_ids or {}).get(name)

@@ -1,0 +1,57 @@
+"""The rlvr stage: GRPO in Ray Train workers under DeepSpeed, killed mid-way, resumes and finishes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from components.common import storage
+from components.common.tracking import Tracker
+from components.data_prep.step import run_data_prep
+from components.pretrain.step import run_pretrain
+from components.rlvr.grpo import problems_dataset, trainer_batch
+from components.rlvr.step import run_rlvr
+from tests.faults import kill_worker_after_first_checkpoint
+
+
+def test_grpo_batch_counts_replies_not_prompts(make_config):
+    rc = make_config("rlvr.prompts_per_step=3", "rlvr.num_generations=4").rlvr
+    assert trainer_batch(rc).micro_batch_size == 12
+    assert trainer_batch(rc).grad_accum == 1
+
+
+def test_problem_rows_keep_the_verifier_columns():
+    rows = problems_dataset(
+        [{"id": "a", "prompt": [{"role": "user", "content": "1 + 1?"}], "answer": 2, "difficulty": 2, "family": "f"}]
+    )
+    assert rows[0]["answer"] == "2" and rows[0]["difficulty"] == 2 and rows[0]["prompt"][0]["content"] == "1 + 1?"
+
+
+def test_unknown_verifier_fails_before_training(make_config):
+    cfg = make_config("rlvr.rewards=['correct', 'vibes']")
+    with pytest.raises(ValueError, match="vibes"):
+        run_rlvr(cfg, "bad", "/nonexistent", {"uri": "/nonexistent"})
+
+
+def test_killed_worker_during_grpo_resumes_and_finishes(make_config, local_ray):
+    cfg = make_config(
+        "pretrain.steps=30", "pretrain.checkpoint_every=30",
+        "data.problems.num_train=200", "data.problems.num_heldout=20",
+        "rlvr.steps=12", "rlvr.checkpoint_every=4", "rlvr.prompts_per_step=2", "rlvr.num_generations=4",
+        "rlvr.max_new_tokens=12", "rlvr.log_every=2",
+    )
+    manifest = run_data_prep(cfg, "kill")
+    base = run_pretrain(cfg, "kill", manifest["data_uri"])["pretrain"]
+    killed: list[int] = []
+    watcher = kill_worker_after_first_checkpoint(os.path.join(cfg.storage.root, "kill", "ray", "rlvr"), killed)
+    out = run_rlvr(cfg, "kill", manifest["data_uri"], base)
+    watcher.join(timeout=5)
+    assert killed, "no GRPO worker was killed"
+    assert out["resumed_from"] >= 4 and out["step"] == 12, out
+    assert out["rollout_tokens"] > 0 and out["rollout_tokens_per_second"] > 0
+    assert storage.is_complete(out["uri"])
+    assert storage.read_json(storage.join(out["uri"], "train_summary.json"))["step"] == 12
+    chain = Tracker(cfg).lineage(out["model_id"])
+    assert [link["stage"] for link in chain] == ["rlvr", "pretrain", "init"]
+    assert any("rlvr-train" in d for d in chain[0]["datasets"])
