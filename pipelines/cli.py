@@ -85,9 +85,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             ray.shutdown()
     elapsed = time.perf_counter() - started
     from components.common.tracking import Tracker
-    from pipelines.reporting import summary_lines
+    from pipelines.reporting import summary_lines, time_split, time_split_line
 
-    print("\n".join(summary_lines(Tracker(cfg), run_id, run_dir)))
+    tracker = Tracker(cfg)
+    print("\n".join(summary_lines(tracker, run_id, run_dir)))
+    print(time_split_line(time_split(tracker, run_id, elapsed)))
     print(f"results:     {storage.join(run_dir, 'eval', 'results.json')}")
     print(f"lineage:     fromscratch lineage {run_id}")
     print(f"run {run_id} finished in {elapsed:.0f}s")

@@ -83,6 +83,45 @@ def stage_wall_times(tracker: Tracker, run_id: str) -> list[tuple[str, float | N
     return out
 
 
+# Stages whose whole wall time is useful work (no Ray workers to start): counted as compute.
+COMPUTE_STAGES = ("data_prep", "evaluate")
+
+
+def time_split(tracker: Tracker, run_id: str, wall_seconds: float) -> dict[str, float]:
+    """How a run's wall time divides into compute and orchestration.
+
+    Compute is the training loops' own time inside the Ray workers (``*.train_seconds``, which
+    every training job logs on its stage run) plus the whole of data_prep and evaluate;
+    orchestration is the rest: KFP local task start-up, Ray worker start and teardown,
+    DeepSpeed initialisation, MLflow logging and model publishing.
+    """
+    runs = stage_runs(tracker.client, tracker.experiment_id, run_id)
+    training = sum(
+        value for run in runs.values() for key, value in run.data.metrics.items() if key.endswith("train_seconds")
+    )
+    other = sum(
+        (run.info.end_time - run.info.start_time) / 1000
+        for stage, run in runs.items()
+        if stage in COMPUTE_STAGES and run.info.start_time and run.info.end_time
+    )
+    orchestration = max(0.0, wall_seconds - training - other)
+    return {
+        "wall_seconds": wall_seconds,
+        "training_seconds": training,
+        "data_and_eval_seconds": other,
+        "orchestration_seconds": orchestration,
+        "orchestration_share": orchestration / wall_seconds if wall_seconds else 0.0,
+    }
+
+
+def time_split_line(split: dict[str, float]) -> str:
+    return (
+        f"time split:  {split['wall_seconds']:.0f}s wall = {split['training_seconds']:.0f}s training in the workers"
+        f" + {split['data_and_eval_seconds']:.0f}s data_prep/evaluate + {split['orchestration_seconds']:.0f}s"
+        f" orchestration (KFP, Ray start/stop, DeepSpeed init, MLflow): {100 * split['orchestration_share']:.0f}%"
+    )
+
+
 def summary_lines(tracker: Tracker, run_id: str, run_dir: str) -> list[str]:
     """The end-of-run summary: metrics table, stage times, card paths, promotion decision."""
     from components.common.progress import format_duration

@@ -15,6 +15,9 @@ from components.rlvr.verifiers import (
     get_verifiers,
     is_correct,
     normalize_number,
+    solution_steps,
+    steps_reward,
+    steps_score,
 )
 
 HUGE = "123456789" * 11  # 99 digits: past float precision and int64, still under MAX_DIGITS
@@ -232,12 +235,40 @@ def test_completion_text_forms() -> None:
 
 
 def test_registry() -> None:
-    assert set(VERIFIERS) == {"correct", "format"}
+    assert set(VERIFIERS) == {"correct", "format", "steps"}
     fns = get_verifiers(["format", "correct"])
     assert fns == [format_reward, correctness_reward]
     # TRL names the logged reward metrics after __name__.
     assert [f.__name__ for f in fns] == ["format", "correct"]
-    with pytest.raises(ValueError, match=r"unknown verifier 'length'.*correct, format"):
+    with pytest.raises(ValueError, match=r"unknown verifier 'length'.*correct, format, steps"):
         get_verifiers(["correct", "length"])
     with pytest.raises(ValueError, match="no verifiers"):
         get_verifiers([])
+
+
+def test_solution_steps_are_the_sentences_before_the_answer() -> None:
+    assert solution_steps("3 + 2 = 5. 5 - 1 = 4. The answer is 4.") == ["3 + 2 = 5.", "5 - 1 = 4."]
+    assert solution_steps("The answer is 4.") == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "score"),
+    [
+        ("3 + 2 = 5. 5 - 1 = 4. The answer is 4.", 1.0),
+        ("3 + 2 = 5. 5 - 2 = 3. The answer is 3.", 0.5),  # first step right, second wrong
+        ("5 - 1 = 4. 3 + 2 = 5. The answer is 4.", 1.0),  # order is not checked
+        ("3 + 2 = 5. 3 + 2 = 5. The answer is 5.", 0.5),  # a step repeated counts once
+        ("3 + 2 = 6. The answer is 4.", 0.0),
+        ("3+2=5. The answer is 4.", 0.0),  # word for word: the taught spelling
+        ("", 0.0),
+    ],
+)
+def test_steps_score(reply: str, score: float) -> None:
+    assert steps_score(reply, "3 + 2 = 5. 5 - 1 = 4. The answer is 4.") == score
+
+
+def test_steps_reward_skips_rows_without_steps() -> None:
+    completions = [[{"role": "assistant", "content": "The largest is 9. The answer is 9."}]] * 3
+    solutions = ["The largest is 9. The answer is 9.", "The answer is 9.", None]
+    assert steps_reward(["p"] * 3, completions, solution=solutions) == [1.0, None, None]
+    assert steps_reward(["p"], completions[:1]) == [None]

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -144,8 +145,10 @@ def train_and_publish(
     add_pipeline_callbacks(trainer, rank, config)
     trainer = prepare_trainer(trainer)
     resume, start_step = restored_checkpoint()
+    started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
     summary = {
+        "train_seconds": time.perf_counter() - started,
         "train_loss": float(result.training_loss),
         "step": trainer.state.global_step,
         "resumed_from": start_step,

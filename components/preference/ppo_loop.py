@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import random
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     prefix = config.get("metric_prefix", "")
     history: list[dict[str, float]] = []
     timer = StepTimer(pc.iterations, start)
+    loop_started = time.perf_counter()
     for iteration in range(start, pc.iterations):
         batch = prompt_batch(prompts, iteration, pc.prompts_per_worker, rank, world, cfg.seed)
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in batch]
@@ -121,6 +123,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
             "score_last": last.get("score_mean", float("nan")),
             "kl_last": last.get("kl", float("nan")),
             "ended_fraction_last": last.get("ended_fraction", float("nan")),
+            "train_seconds": time.perf_counter() - loop_started,
         }
         with tempfile.TemporaryDirectory() as tmp:
             engine.module.save_policy(tmp)

@@ -158,6 +158,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last: dict[str, float] = {}
     engine.train()
     timer = StepTimer(pc.steps, start_step)
+    loop_started = time.perf_counter()
     for step in range(start_step, pc.steps):
         step_start = time.perf_counter()
         step_loss = 0.0
@@ -196,6 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             report.update(
                 step=done, final=done == pc.steps, resumed_from=start_step,
                 tokens_per_s=timed_tokens / timed_seconds if timed_seconds else 0.0,
+                train_seconds=time.perf_counter() - loop_started,
             )
             if done == pc.steps:
                 _save_hf_model(engine, cfg.deepspeed.zero_stage, config["output_uri"], tokenizer_dir, rank, report)

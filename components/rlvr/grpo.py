@@ -19,8 +19,8 @@ from components.common.config import Config, RlvrStageConfig
 
 
 def problems_dataset(records: list[dict[str, Any]]):
-    """GRPO rows: a conversational ``prompt`` plus the columns the verifiers read (``answer``)
-    and the ones the logs group by (``family``, ``difficulty``)."""
+    """GRPO rows: a conversational ``prompt`` plus the columns the verifiers read (``answer``,
+    ``solution``) and the ones the logs group by (``family``, ``difficulty``)."""
     from datasets import Dataset
 
     return Dataset.from_list(
@@ -30,6 +30,7 @@ def problems_dataset(records: list[dict[str, Any]]):
                 "answer": str(r["answer"]),
                 "family": r.get("family", "user"),
                 "difficulty": int(r.get("difficulty", 1)),
+                "solution": r.get("solution"),
             }
             for r in records
         ]
@@ -128,15 +129,12 @@ def rlvr_train_loop(config: dict[str, Any]) -> None:
     model = load_model(source)
     train = problems_dataset(storage.read_jsonl(config["train_uri"]))
     trainer = build_trainer(cfg, model, tokenizer, train)
-    started = time.perf_counter()
-
     def rollout_summary() -> dict[str, Any]:
         seconds = trainer.rollout_seconds
         return {
             "rollout_tokens": trainer.rollout_tokens,
             "rollout_seconds": round(seconds, 3),
             "rollout_tokens_per_second": trainer.rollout_tokens / seconds if seconds else 0.0,
-            "train_seconds": round(time.perf_counter() - started, 3),
         }
 
     hf_worker.train_and_publish(trainer, tokenizer, rank, config, extra_fn=rollout_summary)

@@ -6,7 +6,7 @@ teaches every worked reply to end with one sentence, ``"The answer is N."`` (the
 ``ANSWER_PREFIX`` of the instruction data, imported so that the two can never drift apart), and
 the verifiers read that sentence only, whatever reasoning precedes it.
 
-Two verifiers, both with the signature TRL's ``GRPOTrainer`` calls reward functions with,
+Three verifiers, all with the signature TRL's ``GRPOTrainer`` calls reward functions with,
 ``fn(prompts, completions, **columns) -> list[float | None]``:
 
 * ``correct`` (``correctness_reward``): 1.0 when the final answer equals the dataset's
@@ -15,6 +15,9 @@ Two verifiers, both with the signature TRL's ``GRPOTrainer`` calls reward functi
 * ``format`` (``format_reward``): 1.0 for a reply that *ends* with its one final-answer
   sentence, 0.5 for a reply that has an unambiguous final answer but does not end with that
   sentence, 0.0 otherwise (see ``format_score``).
+* ``steps`` (``steps_reward``): the share of the reference solution's worked steps
+  ("3 + 2 = 5.") that the reply states, partial credit before the final answer is right;
+  ``None`` (not applicable) for problems without worked steps.
 
 Everything here is pure Python (no torch), so evaluation and tests can import it anywhere.
 """
@@ -243,12 +246,51 @@ def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: 
     return [format_score(completion_text(c)) for c in completions]
 
 
+_SENTENCE_RE = re.compile(r"(?<=\.)\s+")
+
+
+def solution_steps(solution: str) -> list[str]:
+    """The worked steps of a reference solution: its sentences before the final answer
+    ("3 + 2 = 5. 5 - 1 = 4. The answer is 4." gives ["3 + 2 = 5.", "5 - 1 = 4."])."""
+    sentences = [s.strip() for s in _SENTENCE_RE.split(solution.strip()) if s.strip()]
+    return [s for s in sentences if not s.startswith(ANSWER_PREFIX)]
+
+
+def steps_score(reply: str, solution: str) -> float | None:
+    """Share of the reference solution's steps that the reply states word for word (each step
+    counted once, in any order); ``None`` when the solution has no steps to check.
+
+    Why: the final answer is all-or-nothing, so a model that gets the first of three steps
+    right earns the same zero as one that writes nothing useful. Checking each known step
+    gives partial credit for the part that is verifiably right, a denser signal for GRPO.
+    """
+    steps = solution_steps(solution)
+    if not steps:
+        return None
+    said = set(solution_steps(reply + " " + ANSWER_PREFIX))
+    return sum(step in said for step in steps) / len(steps)
+
+
+def steps_reward(
+    prompts: Sequence[Any], completions: Sequence[Any], solution: Sequence[str | None] | None = None, **kwargs: Any
+) -> list[float | None]:
+    """``steps_score`` per completion against the row's ``solution``; ``None`` (ignored by
+    TRL) for rows without a worked solution or with a solution that has no steps."""
+    if solution is None:
+        return [None] * len(completions)
+    return [
+        None if s is None else steps_score(completion_text(c), str(s))
+        for c, s in zip(completions, solution)
+    ]
+
+
 # TRL names each reward's logged metrics after the function's __name__ ("rewards/correct/mean").
 correctness_reward.__name__ = "correct"
 format_reward.__name__ = "format"
+steps_reward.__name__ = "steps"
 
 RewardFn = Callable[..., list[float | None]]
-VERIFIERS: dict[str, RewardFn] = {"correct": correctness_reward, "format": format_reward}
+VERIFIERS: dict[str, RewardFn] = {"correct": correctness_reward, "format": format_reward, "steps": steps_reward}
 
 
 def get_verifiers(names: Sequence[str]) -> list[RewardFn]:
