@@ -180,7 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     lin = sub.add_parser("lineage", help="print a checkpoint's chain back to random init")
     common(lin)
     lin.add_argument("target", help="an MLflow model id (m-...) or a run id")
-    lin.add_argument("--stage", default="ppo", help="with a run id: whose checkpoint (ppo, dpo, reward, sft, pretrain, init; default ppo)")
+    lin.add_argument(
+        "--stage", default="rlvr",
+        help="with a run id: whose checkpoint (rlvr, ppo, dpo, reward, sft, pretrain, init; default rlvr, the last)",
+    )
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(fn=cmd_lineage)
 
