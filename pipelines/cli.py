@@ -22,6 +22,7 @@ from components.common.config import Config, ConfigError, load_config
 from components.common.errors import DataError
 from components.data_prep.loaders import check_sources
 from pipelines.cluster_cli import add_cluster_commands
+from pipelines.label_cli import add_label_commands
 from components.common.logs import setup_logging
 
 log = logging.getLogger("fromscratch")
@@ -193,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", help="output folder or URI (default: the run's eval folder, else ./report-<run-id>)")
     rep.set_defaults(fn=cmd_report)
     add_cluster_commands(sub)
+    add_label_commands(sub)
     return parser
 
 

@@ -133,6 +133,10 @@ class PreferenceDataConfig(_Strict):
     heldout_fraction: float = Field(default=0.05, gt=0, lt=1)
     num_train: int = Field(default=3000, ge=1)
     num_heldout: int = Field(default=200, ge=1)
+    mix_generated: bool = Field(
+        default=False,
+        description="With sources set: add the generated pairs too (e.g. labelled pairs mixed with generated ones).",
+    )
 
 
 class ProblemDataConfig(_Strict):
@@ -177,6 +181,14 @@ class PretrainConfig(_Strict):
     weight_decay: float = Field(default=0.1, ge=0)
     checkpoint_every: int = Field(default=100, ge=1)
     log_every: int = Field(default=10, ge=1)
+    init_from: str = Field(
+        default="random",
+        description=(
+            "Where pre-training starts: 'random' (random init), 'champion' (the model holding the "
+            "promotion alias in the MLflow registry, resolved when the run starts: scheduled "
+            "retraining), or a checkpoint URI."
+        ),
+    )
 
 
 class SFTStageConfig(_Strict):

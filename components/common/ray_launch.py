@@ -34,7 +34,8 @@ def ensure_ray(cfg: Config) -> None:
     need = cfg.ray.num_workers * cfg.ray.cpus_per_worker
     num_cpus = max(int(need + 0.999), os.cpu_count() or 1)
     log.info("starting a local Ray with %d CPUs", num_cpus)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
+    # address="local": never silently join a stray `ray start` cluster on this machine.
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
 
 
 def _storage_filesystem(uri: str):
