@@ -44,6 +44,6 @@ def local_ray():
     """One local Ray per test module that trains; stopped afterwards so no workers linger."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)  # never a stray `ray start` cluster
     yield
     ray.shutdown()
