@@ -28,10 +28,11 @@ from typing import Any, Callable
 
 from components.common.config import Config, ConfigError, load_config
 
-# What ``--from-champion`` adds to the ``overrides`` parameter. The config has no such field
-# yet, so the flag is refused (with this explanation) until a stage reads it; a schedule that
-# failed every night on an unknown key would be worse than an error now.
-FROM_CHAMPION_OVERRIDE = "start_from=champion"
+# What ``--from-champion`` adds to the ``overrides`` parameter: data_prep resolves the
+# registry's champion when each scheduled run starts (not now), takes its tokenizer, and
+# pre-training continues from its weights (components/pretrain/start.py). A preset can say the
+# same with ``pretrain.init_from: champion``.
+FROM_CHAMPION_OVERRIDE = "pretrain.init_from=champion"
 
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?#LW]+$")
 
@@ -129,13 +130,12 @@ def run_arguments(args: argparse.Namespace, package: Path) -> dict[str, str]:
     if unknown:
         raise ClusterCliError(f"unknown pipeline parameter(s) {unknown}; the pipeline takes {sorted(known)}")
     if getattr(args, "from_champion", False):
-        try:
-            load_config(args.preset, [*(args.set or []), FROM_CHAMPION_OVERRIDE])
-        except ConfigError as err:
+        chosen = load_config(args.preset, list(args.set or [])).pretrain.init_from
+        if chosen not in ("random", "champion"):
             raise ClusterCliError(
-                f"--from-champion adds the override '{FROM_CHAMPION_OVERRIDE}', which this config does "
-                f"not accept yet ({err})"
-            ) from None
+                f"--from-champion contradicts pretrain.init_from={chosen} (set in the preset or --set); "
+                "drop one of them"
+            )
         params["overrides"] = "; ".join(p for p in (params.get("overrides", ""), FROM_CHAMPION_OVERRIDE) if p)
     return params
 
@@ -229,7 +229,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     recurring = client.create_recurring_run(
         experiment_id=experiment.experiment_id,
         job_name=job_name,
-        description=f"retrain {pipeline_name} on '{cron}'" + (" from the champion" if args.from_champion else ""),
+        description=f"retrain {pipeline_name} on '{cron}'"
+        + (" from the champion" if args.from_champion or cfg.pretrain.init_from == "champion" else ""),
         cron_expression=cron,
         max_concurrency=1,
         no_catchup=True,

@@ -53,10 +53,14 @@ def pretrain(
 
     with user_errors("pretrain"):
         out = run_pretrain(stage_config(config_json, overrides), run_id, read_pointer(data)["uri"])
-    write_pointer(init_model, out["init"]["uri"], mlflow_model_id=out["init"]["model_id"], stage="init")
+    # "init" (random weights) or "start" (retraining from the champion or a given checkpoint)
+    write_pointer(
+        init_model, out["init"]["uri"], mlflow_model_id=out["init"]["model_id"] or "",
+        stage=out["init"].get("stage", "init"),
+    )
     write_pointer(
         pretrain_model, out["pretrain"]["uri"], mlflow_model_id=out["pretrain"]["model_id"],
-        stage="pretrain", parent_model_id=out["init"]["model_id"],
+        stage="pretrain", parent_model_id=out["init"]["model_id"] or "",
     )
 
 
@@ -160,8 +164,9 @@ def evaluate(
     from components.common.kfp_io import read_pointer, stage_config, user_errors
     from components.evaluate.step import run_evaluate
 
+    start = read_pointer(init_model)
     pointers = {
-        "init": read_pointer(init_model),
+        start.get("stage", "init"): start,
         "pretrain": read_pointer(pretrain_model),
         "sft": read_pointer(sft_model),
         "preference": read_pointer(preference_model),

@@ -900,7 +900,8 @@ def test_submit_wait_fails_with_the_run(monkeypatch):
         (["submit"], {}, "pass --host or set KFP_HOST"),
         (["submit", "--host", "http://kfp", "--param", "seed=3"], {}, r"unknown pipeline parameter\(s\) \['seed'\]"),
         (["schedule", "--host", "http://kfp", "--cron", "0 3 * * 0"], {}, r"6 fields.*did you mean '0 0 3 \* \* 0'"),
-        (["schedule", "--host", "http://kfp", "--cron", "0 0 3 * * 0", "--from-champion"], {}, "start_from=champion"),
+        (["schedule", "--host", "http://kfp", "--cron", "0 0 3 * * 0", "--from-champion", "--set", "pretrain.init_from=x"],
+         {}, "from-champion.*pretrain.init_from"),
     ],
 )
 def test_cli_mistakes_are_one_line(monkeypatch, capsys, argv, env, message):
@@ -944,15 +945,16 @@ def test_schedule_replaces_the_recurring_run(monkeypatch):
     assert rr["service_account"] == "fromscratch-pipeline-runner"
 
 
-def test_from_champion_adds_its_override_once_the_config_has_the_field(monkeypatch):
-    """Until a stage reads it the flag is refused (above); with a config that accepts the key,
-    the override reaches the schedule's parameters."""
+def test_from_champion_adds_its_override(monkeypatch):
+    """The override reaches the schedule's parameters (resolved by each run, not now), after the
+    user's own overrides, and the recurring run says what it does."""
     monkeypatch.setenv("KFP_HOST", "http://kfp:8888")
-    monkeypatch.setattr(cluster_cli, "load_config", lambda preset, sets: load_config(preset, [s for s in sets if s != cluster_cli.FROM_CHAMPION_OVERRIDE]))
     fake = FakeKfp(pipeline_id="p-1")
     assert _run_cli(monkeypatch, fake, "schedule", "--cron", "@daily", "--version", "v", "--from-champion",
                     "--param", "overrides=seed=1") == 0
-    assert fake.named("recurring")[0]["params"]["overrides"] == f"seed=1; {cluster_cli.FROM_CHAMPION_OVERRIDE}"
+    (rr,) = fake.named("recurring")
+    assert rr["params"]["overrides"] == "seed=1; pretrain.init_from=champion"
+    assert load_config("tiny", [s.strip() for s in rr["params"]["overrides"].split(";")]).pretrain.init_from == "champion"
 
 
 @pytest.mark.parametrize("cron", ["0 0 3 * * 0", "*/30 * * * * *", "0 15 10 ? * MON-FRI", "@every 24h"])

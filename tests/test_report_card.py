@@ -174,6 +174,16 @@ def test_metric_groups_and_stage_order():
     assert stages(shuffled) == ["init", "pretrain", "sft", "ppo", "rlvr"]
 
 
+def test_a_retraining_run_starts_its_card_with_the_checkpoint_it_continued_from():
+    results = fake_results()
+    results = {("start" if k == "init" else k): v for k, v in sorted(results.items())}
+    results["start"]["checkpoint_uri"] = "s3://b/runs/old/checkpoints/rlvr"
+    card = build_report_card(results, {}, None, "retrain")
+    assert stages(results)[0] == "start"
+    assert "continued from (s3://b/runs/old/checkpoints/rlvr" in card.markdown
+    assert "| start |" in card.markdown
+
+
 def test_report_card_from_results_and_mlflow_curves(store, tmp_path, card):
     _, tracker = store
     ids = log_fake_run(tracker, "r1")

@@ -34,6 +34,7 @@ from components.data_prep.problems import to_record as problem_record
 from components.data_prep.shards import pack_documents, write_shards
 from components.data_prep.tokenizer import train_tokenizer
 from components.data_prep.world import World, build_world
+from components.pretrain.start import resolve_start
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,14 @@ def _preferences(
     return train, heldout, f"generated pairs judged by the oracle (seed {cfg.seed})"
 
 
+def _checkpoint_tokenizer(uri: str | None) -> Any:
+    from components.common.modeling import load_tokenizer
+
+    assert uri is not None
+    with storage.local_copy(uri, "checkpoint") as local:
+        return load_tokenizer(local)
+
+
 def _chat_text(example: Example) -> str:
     return "\n".join(m["content"] for m in example.messages)
 
@@ -168,6 +177,7 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.cfg
     out = data_uri(ctx.run_uri)
     started = time.perf_counter()
+    start = resolve_start(cfg, ctx.tracker.client)  # first: a bad init_from fails before any work
     train_docs, heldout_docs, world, source = _corpus(cfg)
     if not train_docs:
         raise DataError(f"the training split is empty ({source})")
@@ -190,9 +200,13 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         log.info("instructions: %d of %d train examples are worked problems", num_sft_problems, len(sft_train))
 
     storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
-    tokenizer = train_tokenizer(
-        train_docs + [_chat_text(e) for e in sft_train], cfg.data.vocab_size, cfg.data.tokenizer_min_frequency
-    )
+    if start.is_random:
+        tokenizer = train_tokenizer(
+            train_docs + [_chat_text(e) for e in sft_train], cfg.data.vocab_size, cfg.data.tokenizer_min_frequency
+        )
+    else:  # the starting weights' own vocabulary: a new tokenizer would renumber it
+        tokenizer = _checkpoint_tokenizer(start.uri)
+        log.info("tokenizer: taken from %s", start.reason)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         storage.upload_dir(tmp, storage.join(out, "tokenizer"))
@@ -250,6 +264,7 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         "sft": {"source": sft_source, "num_problem_examples": num_sft_problems, **sft},
         "preference": {"source": pref_source, **preference},
         "rlvr": {"source": rlvr_source, **rlvr},
+        "start": start.to_json(),
         "seconds": round(time.perf_counter() - started, 2),
     }
     storage.write_json(storage.join(out, MANIFEST), manifest)

@@ -40,7 +40,7 @@ class Table:
     rows: list[list[str]] = field(default_factory=list)
 
 
-STAGE_ORDER = ("init", "pretrain", "sft", "preference", "ppo", "dpo", "rlvr")
+STAGE_ORDER = ("init", "start", "pretrain", "sft", "preference", "ppo", "dpo", "rlvr")
 
 
 def stages(results: dict[str, Any]) -> list[str]:

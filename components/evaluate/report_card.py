@@ -117,6 +117,11 @@ def card_blocks(
 ) -> list[Block]:
     names = stages(results)
     blocks: list[Block] = [Para("Stages, in order: " + " → ".join(names) + ". Every checkpoint is measured on the same held-out suites.")]
+    if "start" in results:  # retraining: no random init, the run began from an earlier model
+        blocks.append(Para(
+            f"This run did not start from random weights: 'start' is the checkpoint it continued from "
+            f"({results['start'].get('checkpoint_uri', '?')}, pretrain.init_from)."
+        ))
     if promotion:
         blocks += promotion_blocks(promotion)
     blocks += [Heading("Metrics"), TableBlock(metric_table(results, headline_keys(results)), "metrics")]

@@ -2,7 +2,8 @@
 
 1. Build the random-init model from the preset and the data_prep tokenizer, save it as a
    checkpoint of its own and log it to MLflow: it is the root of every lineage and gets
-   evaluated like any other checkpoint.
+   evaluated like any other checkpoint. (Retraining from the champion skips this: see
+   ``start.py``.)
 2. Pre-train it in Ray Train workers under DeepSpeed (``train_loop.py``), checkpointing to
    ``<run>/ray/pretrain`` so a dead worker or a re-run resumes from the last checkpoint.
 3. Publish the final Hugging Face folder, mark it complete, log it as a LoggedModel whose
@@ -22,6 +23,7 @@ from components.common.stage import StageContext, stage_context
 from components.common.training_stage import TrainingJob, checkpoint_uri, run_training_job
 from components.common.tracking import DatasetRef
 from components.data_prep.step import dataset_refs, load_manifest
+from components.pretrain.start import StartPoint
 from components.pretrain.train_loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,15 @@ def _model_params(cfg: Config) -> dict[str, Any]:
 
 
 def create_init_checkpoint(ctx: StageContext, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Stage 0: save and log the random-init model (reused if this run already made it)."""
+    """Stage 0: save and log the random-init model (reused if this run already made it).
+
+    A run that starts from the champion (or another checkpoint; data_prep resolved it into the
+    manifest) has no stage 0: that checkpoint is the start, and its MLflow model becomes the
+    pre-training run's parent, so the lineage walks on into the run that produced it."""
+    start = StartPoint.from_json(manifest.get("start"))
+    if not start.is_random:
+        log.info("no random init: pre-training starts from %s", start.reason)
+        return {"uri": start.uri, "model_id": start.model_id, "stage": "start", "start": start.reason}
     cfg, tracker = ctx.cfg, ctx.tracker
     uri = checkpoint_uri(ctx.run_uri, "init")
     init_run = tracker.stage_run(ctx.parent_run_id, ctx.run_id, "init")
