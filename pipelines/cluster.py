@@ -4,14 +4,9 @@
 here changes what a task computes; it only changes the pod it gets on a cluster, so the local
 runner (which ignores resources and platform settings) behaves the same either way.
 
-Why the Kubernetes part is written by hand: ``kfp.kubernetes`` (the ``kfp-kubernetes``
-package) is not a dependency of this project. What it does is small: it stores a
-``KubernetesExecutorConfig`` message, as JSON, in ``task.platform_config["kubernetes"]``; the
-compiler copies that into the ``platforms.kubernetes`` document of the IR YAML and the KFP
-backend's driver turns it into pod fields. ``executor_config`` writes the same JSON (field
-names from ``kubernetes_executor_config.proto``: ``secretAsEnv``, ``nodeSelector``,
-``tolerations``, ``imagePullSecret``, ``enabledSharedMemory``), setting both the deprecated
-``secretName`` and ``secretNameParameter`` so older and newer backends read it.
+Pod settings KFP's own task API lacks (secrets as env, node selectors, tolerations, image pull
+secrets, a memory-backed ``/dev/shm``) go through ``kfp.kubernetes`` (the ``kfp-kubernetes``
+package, same release line as ``kfp``).
 """
 
 from __future__ import annotations
@@ -105,48 +100,24 @@ def task_env(cfg: Config, stage: str) -> dict[str, str]:
     return env
 
 
-def _constant(name: str) -> dict[str, Any]:
-    return {"runtimeValue": {"constant": name}}
+def apply_kubernetes(task: Any, p: TaskPlacement) -> None:
+    """Secrets, node selector, tolerations, pull secrets and /dev/shm through ``kfp.kubernetes``
+    (each call adds to the task's ``KubernetesExecutorConfig``; the compiler writes it to the
+    IR's ``platforms.kubernetes`` document and the KFP driver turns it into pod fields)."""
+    from kfp import kubernetes
 
-
-def executor_config(p: TaskPlacement) -> dict[str, Any]:
-    """The ``KubernetesExecutorConfig`` JSON for one task (empty when nothing applies)."""
-    spec: dict[str, Any] = {}
-    if p.secrets:
-        spec["secretAsEnv"] = [
-            {
-                "secretName": s.name,
-                "secretNameParameter": _constant(s.name),
-                "keyToEnv": [{"secretKey": key, "envVar": env} for key, env in s.keys.items()],
-                **({"optional": True} if s.optional else {}),
-            }
-            for s in p.secrets
-        ]
-    if p.node_selector:
-        spec["nodeSelector"] = {"labels": dict(p.node_selector)}
-    if p.tolerations:
-        spec["tolerations"] = [t.to_dict() for t in p.tolerations]
+    for secret in p.secrets:
+        kubernetes.use_secret_as_env(task, secret.name, dict(secret.keys), optional=secret.optional)
+    for key, value in sorted(p.node_selector.items()):
+        kubernetes.add_node_selector(task, key, value)
+    for t in p.tolerations:
+        kubernetes.add_toleration(
+            task, key=t.key, operator=t.operator, value=t.value, effect=t.effect, toleration_seconds=t.toleration_seconds
+        )
     if p.image_pull_secrets:
-        spec["imagePullSecret"] = [
-            {"secretName": name, "secretNameParameter": _constant(name)} for name in p.image_pull_secrets
-        ]
-    if p.shared_memory:
-        spec["enabledSharedMemory"] = {"volumeName": "dshm", "size": p.shared_memory}
-    return spec
-
-
-def _merge_platform(existing: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Add to what another helper (e.g. kfp.kubernetes) may already have set on the task."""
-    merged = dict(existing)
-    for key, value in new.items():
-        if isinstance(value, list):
-            merged[key] = list(merged.get(key, [])) + value
-        elif key == "nodeSelector":
-            labels = {**merged.get(key, {}).get("labels", {}), **value["labels"]}
-            merged[key] = {**merged.get(key, {}), "labels": labels}
-        else:
-            merged[key] = value
-    return merged
+        kubernetes.set_image_pull_secrets(task, list(p.image_pull_secrets))
+    if p.shared_memory:  # NCCL and DataLoader workers need more than the container default 64M
+        kubernetes.empty_dir_mount(task, "dshm", "/dev/shm", medium="Memory", size_limit=p.shared_memory)
 
 
 def configure_task(task: Any, cfg: Config, stage: str) -> Any:
@@ -169,9 +140,7 @@ def configure_task(task: Any, cfg: Config, stage: str) -> Any:
         task.set_accelerator_limit(p.gpus)
     for name, value in sorted(p.env.items()):
         task.set_env_variable(name, value)
-    spec = executor_config(p)
-    if spec:
-        task.platform_config["kubernetes"] = _merge_platform(task.platform_config.get("kubernetes", {}), spec)
+    apply_kubernetes(task, p)
     return task
 
 

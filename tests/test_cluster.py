@@ -336,7 +336,7 @@ def test_gpu_preset_puts_training_on_a_gpu_node(tmp_path):
     k8s = train.kubernetes
     assert k8s["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
-    assert k8s["enabledSharedMemory"] == {"volumeName": "dshm", "size": "16Gi"}
+    assert k8s["emptyDirMounts"] == [{"volumeName": "dshm", "mountPath": "/dev/shm", "medium": "Memory", "sizeLimit": "16Gi"}]
 
     assert "accelerator" not in prep.resources and "nodeSelector" not in prep.kubernetes
     assert prep.resources["resourceMemoryRequest"] == "8Gi"
@@ -453,7 +453,7 @@ def test_wired_gpu_pipeline_requests_gpus_for_training_only(compiled):
             assert task.resources["accelerator"]["resourceCount"] == "1", name
             assert task.resources["accelerator"]["resourceType"] == "nvidia.com/gpu", name
             assert task.kubernetes["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}, name
-            assert task.kubernetes["enabledSharedMemory"]["size"] == "16Gi", name
+            assert task.kubernetes["emptyDirMounts"][0]["sizeLimit"] == "16Gi", name
 
 
 def test_wired_cluster_pipeline_submits_to_the_raycluster(compiled):
