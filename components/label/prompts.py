@@ -1,0 +1,84 @@
+"""Prompts to label: a user's file/URI, or the held-out preference prompts of a pipeline run.
+
+Accepted records, one per line of a ``.jsonl`` file (mixable):
+
+- ``{"prompt": "..."}`` or ``{"prompt": [messages]}`` (a preference record's prompt; any
+  ``chosen``/``rejected`` fields are ignored, so a preference file is a prompt file too)
+- ``{"messages": [messages]}`` (a chat record; a final assistant turn is dropped, since that
+  is the reply the models will write)
+
+and in a ``.txt`` file one prompt per non-blank line. Bad records are errors naming file:line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from components.common import storage
+from components.common.errors import DataError, at
+from components.data_prep.chat_loaders import chat_turns
+from components.data_prep.loaders import _display, _iter_lines, _resolve_files, iter_json_lines
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    messages: list[dict[str, str]]  # ends with a user turn
+
+
+def _messages_of(record: Any, error) -> list[dict[str, str]]:
+    if not isinstance(record, dict):
+        raise error(f"expected a JSON object, got {type(record).__name__}")
+    if "prompt" in record:
+        value = record["prompt"]
+        if isinstance(value, str):
+            if not value.strip():
+                raise error("field 'prompt' is empty")
+            return [{"role": "user", "content": value.strip()}]
+        turns = chat_turns(value, "prompt", error)
+    elif "messages" in record:
+        turns = chat_turns(record["messages"], "messages", error)
+        if turns[-1]["role"] == "assistant":
+            turns = turns[:-1]
+    else:
+        raise error("expected a 'prompt' (string or chat messages) or a 'messages' field")
+    if not turns or turns[-1]["role"] != "user":
+        raise error("the prompt must end with a user turn")
+    return turns
+
+
+def load_prompts(uri: str) -> list[Prompt]:
+    """Every prompt of a file, folder or glob (sorted files), in file order."""
+    fs, files = _resolve_files(uri)
+    prompts: list[Prompt] = []
+    for path in files:
+        name = _display(fs, path)
+        lines = _iter_lines(fs, path, name)
+        if path.lower().endswith(".txt"):
+            for lineno, line in lines:
+                if line.strip():
+                    prompts.append(Prompt(f"{name}:{lineno}", [{"role": "user", "content": line.strip()}]))
+            continue
+        for lineno, record in iter_json_lines(lines, name):
+
+            def error(msg: str, n: int = lineno) -> DataError:
+                return at(name, n, msg)
+
+            pid = record.get("id") if isinstance(record, dict) else None
+            prompts.append(Prompt(str(pid) if pid else f"{name}:{lineno}", _messages_of(record, error)))
+    if not prompts:
+        raise DataError(f"{uri}: no prompts")
+    return prompts
+
+
+def heldout_prompts_uri(storage_root: str, run_id: str) -> str:
+    """Where data_prep wrote a run's held-out preference pairs (their prompts are the ones
+    the reward model is evaluated on)."""
+    from components.data_prep.step import MANIFEST, data_uri
+
+    data = data_uri(storage.join(storage.normalize(storage_root), run_id))
+    manifest = storage.join(data, MANIFEST)
+    if not storage.exists(manifest):
+        raise DataError(f"run {run_id} has no data_prep output at {data}; pass --prompts instead")
+    return storage.read_json(manifest)["preference"]["heldout"]["uri"]
