@@ -150,7 +150,22 @@ def _preferences(
 
         pairs = load_preference_sources(pcfg.sources)
         train, heldout = _split_user_records(pairs, pcfg.heldout_fraction, cfg.seed, "preference data", pcfg.sources)
-        return train, heldout, ", ".join(pcfg.sources)
+        if not pcfg.mix_generated:
+            return train, heldout, ", ".join(pcfg.sources)
+        # Users' pairs (e.g. exported from the labelling page) plus the generated ones, each
+        # split on its own so both kinds are held out; shuffled together, seeded.
+        gen_train, gen_heldout, gen_source = _generated_preferences(cfg, world, sft_train, sft_heldout)
+        rng = random.Random(_stream_seed(cfg.seed, "preference-mix"))
+        train, heldout = train + gen_train, heldout + gen_heldout
+        rng.shuffle(train)
+        return train, heldout, f"{', '.join(pcfg.sources)} + {gen_source}"
+    return _generated_preferences(cfg, world, sft_train, sft_heldout)
+
+
+def _generated_preferences(
+    cfg: Config, world: World, sft_train: list[Example], sft_heldout: list[Example]
+) -> tuple[list[PreferencePair], list[PreferencePair], str]:
+    pcfg = cfg.data.preferences
     prompts_train = [e for e in sft_train if e.family != "user"]
     prompts_held = [e for e in sft_heldout if e.family != "user"]
     if not prompts_train or not prompts_held:  # user instructions: pair up the generated tasks

@@ -43,7 +43,7 @@ HERE = Path(__file__).parent
 COOKIE = "fromscratch_labeler"
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._@+-]*$")
 # Markup or script in a comment: tags, comments, entities, javascript: URLs, event handlers.
-MARKUP = re.compile(r"<\s*[a-zA-Z/!?]|javascript\s*:|&#|&[a-zA-Z]+;|\bon[a-z]+\s*=", re.IGNORECASE)
+MARKUP = re.compile(r"<[a-zA-Z/!?]|javascript\s*:|&#|&[a-zA-Z]+;|\bon[a-z]+\s*=", re.IGNORECASE)
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 SECURITY_HEADERS = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
@@ -49,11 +50,11 @@ class ExportResult:
     mlflow_run_id: str | None = None
 
 
-def _record(pair: Pair, chosen_side: str, votes: list[Vote]) -> dict[str, Any]:
+def _record(pair: Pair, chosen_side: str, votes: list[Vote], per_vote: bool = False) -> dict[str, Any]:
     a_wins = chosen_side == "a"
     tally = Counter(v.choice for v in votes)
     return {
-        "id": f"label-{pair.id}",
+        "id": f"label-{pair.id}-v{votes[0].id}" if per_vote else f"label-{pair.id}",
         "family": "label",
         "prompt": json.loads(pair.prompt),
         "chosen": pair.reply_a if a_wins else pair.reply_b,
@@ -82,7 +83,7 @@ def build_records(rows: list[tuple[Vote, Pair]], mode: Mode = "majority") -> tup
         votes = by_pair[pair_id]
         decisive = [v for v in votes if v.choice in ("a", "b")]
         if mode == "each":
-            records.extend(_record(pairs[pair_id], v.choice, [v]) for v in decisive)
+            records.extend(_record(pairs[pair_id], v.choice, [v], per_vote=True) for v in decisive)
             continue
         n_a = sum(v.choice == "a" for v in decisive)
         n_b = len(decisive) - n_a
@@ -193,7 +194,9 @@ def log_export(result: ExportResult, cfg: Any) -> str:
         columns=["id", "prompt", "chosen", "rejected"],
     )
     source = result.uri if storage.is_remote(result.uri) else storage.normalize(result.uri)
-    dataset = mlflow.data.from_pandas(frame, source=source, name=DATASET_NAME, digest=result.digest[:32])
+    with warnings.catch_warnings():  # "can be interpreted in multiple ways" for local paths
+        warnings.simplefilter("ignore")
+        dataset = mlflow.data.from_pandas(frame, source=source, name=DATASET_NAME, digest=result.digest[:32])
     tracker.client.log_inputs(
         run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", "training")])]
     )
