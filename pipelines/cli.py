@@ -23,6 +23,7 @@ from components.common.errors import DataError
 from components.data_prep.loaders import check_sources
 from pipelines.cluster_cli import add_cluster_commands
 from pipelines.label_cli import add_label_commands
+from pipelines.stack_cli import add_stack_commands
 from components.common.logs import setup_logging
 
 log = logging.getLogger("fromscratch")
@@ -60,7 +61,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.pipeline import build_pipeline
 
     cfg = resolved_config(args)
+    storage.use_endpoint(cfg.storage.s3_endpoint_url)
     check_sources(cfg.data.sources)
+    if not args.skip_preflight:
+        from components.common.preflight import PreflightError, run_preflight
+
+        try:
+            run_preflight(cfg)
+        except PreflightError as err:
+            print(f"fromscratch: preflight failed, nothing was started:\n{err}", file=sys.stderr)
+            return 2
     run_id = args.run_id or new_run_id()
     run_dir = storage.join(cfg.storage.root, run_id)
     started = time.perf_counter()
@@ -171,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--run-id", help="reuse a run id to resume an interrupted run")
     run.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
+    run.add_argument(
+        "--skip-preflight", action="store_true",
+        help="do not check storage, tracking server and Ray before starting",
+    )
     run.set_defaults(fn=cmd_run)
 
     comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
@@ -195,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(fn=cmd_report)
     add_cluster_commands(sub)
     add_label_commands(sub)
+    add_stack_commands(sub)
     return parser
 
 

@@ -57,6 +57,21 @@ class RayConfig(_Strict):
     gpus_per_worker: float = Field(default=0.0, ge=0)
     max_failures: int = Field(default=3, ge=0)
     torch_threads_per_worker: int | None = Field(default=None, ge=1)
+    min_workers: int | None = Field(
+        default=None, ge=1,
+        description="Elastic training: with fewer than num_workers placeable (a node lost), go on "
+        "with as few as this many workers from the last checkpoint instead of waiting. Unset: "
+        "always exactly num_workers.",
+    )
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        default="PACK", description="How Ray places the workers on nodes (SPREAD: one per node where possible)."
+    )
+
+    @model_validator(mode="after")
+    def _min_workers_fit(self) -> "RayConfig":
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError("ray.min_workers must be <= ray.num_workers")
+        return self
 
 
 class DeepSpeedConfig(_Strict):
@@ -66,6 +81,10 @@ class DeepSpeedConfig(_Strict):
     offload_optimizer: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_clipping: float = Field(default=1.0, ge=0)
+    elastic_checkpoint: bool = Field(
+        default=True,
+        description="ZeRO-1/2 checkpoints that load into another worker count (elastic recovery).",
+    )
 
 
 class ModelConfig(_Strict):

@@ -28,6 +28,20 @@ def ensure_ray(cfg: Config) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if address:
+        from components.common.ray_cluster import runtime_env
+
+        # The workers of a cluster started elsewhere see the driver's plain settings (S3
+        # endpoint, tracking URI); credentials come from the nodes' own environment.
+        env = runtime_env()
+        env["env_vars"].pop("FROMSCRATCH_IN_RAY_JOB", None)
+        if cfg.storage.s3_endpoint_url:
+            env["env_vars"].setdefault("AWS_ENDPOINT_URL", cfg.storage.s3_endpoint_url)
+        if cfg.tracking.uri:
+            env["env_vars"].setdefault("MLFLOW_TRACKING_URI", cfg.tracking.uri)
+        if not address.startswith(("ray://", "http://", "https://")):
+            # Ray Train's own helpers (state API) look the cluster up again: name it, so another
+            # Ray on the same machine is never a candidate
+            env["env_vars"]["RAY_ADDRESS"] = address
         log.info("joining Ray at %s", address)
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return
@@ -55,6 +69,25 @@ def ray_storage_path(uri: str) -> str:
     return storage.normalize(uri)
 
 
+def scaling_config(cfg: Config):
+    """Fixed ``num_workers``, or ``(min_workers, num_workers)`` for elastic training: after a
+    lost node the stage restarts with the workers that still fit, from the last checkpoint."""
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = cfg.ray.gpus_per_worker or 1
+    workers: int | tuple[int, int] = cfg.ray.num_workers
+    if cfg.ray.min_workers is not None and cfg.ray.min_workers < cfg.ray.num_workers:
+        workers = (cfg.ray.min_workers, cfg.ray.num_workers)
+    return ScalingConfig(
+        num_workers=workers,
+        use_gpu=cfg.ray.use_gpu,
+        resources_per_worker=resources,
+        placement_strategy=cfg.ray.placement_strategy,
+    )
+
+
 def fit(
     train_fn: Callable[[dict[str, Any]], None],
     loop_config: dict[str, Any],
@@ -73,22 +106,15 @@ def fit(
         # kubernetes.ray.mode=cluster: this pod submits the same call to the cluster's Ray.
         return ray_cluster.fit_on_cluster(train_fn, loop_config, cfg, name, storage_uri)
 
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray(cfg)
-    resources = {"CPU": cfg.ray.cpus_per_worker}
-    if cfg.ray.use_gpu:
-        resources["GPU"] = cfg.ray.gpus_per_worker or 1
     trainer = TorchTrainer(
         train_fn,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(
-            num_workers=cfg.ray.num_workers,
-            use_gpu=cfg.ray.use_gpu,
-            resources_per_worker=resources,
-        ),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=name,
             storage_path=ray_storage_path(storage_uri),

@@ -47,6 +47,13 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+def use_endpoint(endpoint_url: str | None) -> None:
+    """Make ``storage.s3_endpoint_url`` the S3 endpoint of this process and of everything it
+    starts (KFP task subprocesses, a local Ray's workers inherit the environment)."""
+    if endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint_url
+
+
 def storage_options(uri: str) -> dict[str, Any]:
     """s3fs options from the environment (endpoint for MinIO/SeaweedFS-style servers)."""
     if uri.startswith("s3://"):
