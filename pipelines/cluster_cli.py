@@ -103,7 +103,8 @@ def kfp_host(args: argparse.Namespace) -> str:
 
 
 def make_client(host: str, namespace: str) -> Any:
-    """The one place a ``kfp.Client`` is made (tests replace it: it is the HTTP layer).
+    """The one place a ``kfp.Client`` is made (tests point it at tests/kfp_api_server.py, a
+    local HTTP server answering the KFP REST API).
 
     ``$KFP_TOKEN`` is sent as a bearer token, for a KFP behind an authenticating proxy (CI).
     """
