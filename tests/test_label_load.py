@@ -28,13 +28,23 @@ def test_twenty_labelers_fifty_votes_each(tmp_path):
     _check(tmp_path, 20, 50)
 
 
-def test_check_stored_notices_a_lost_vote(tmp_path):
+def test_check_stored_notices_lost_and_changed_votes(tmp_path):
+    from components.label.loadtest import seed_pairs
+    from components.label.repository import Repository
+
     db = f"sqlite:///{tmp_path / 'labels.db'}"
-    result = run_load(db, 2, 3)
-    result.sent[("labeler-00", 999)] = "a"  # a vote the server never stored
-    result.labelers = 2
-    problems = check_stored(db, result)
-    assert "vote ('labeler-00', 999): sent a, stored None" in problems
+    seed_pairs(db, 3)
+    repo = Repository.from_url(db)
+    repo.record_vote(1, "labeler-00", "a", "", "n1")
+    repo.record_vote(2, "labeler-00", "tie", "", "n2")
+    result = LoadResult(1, 3, 1.0)
+    result.sent = {("labeler-00", 1): "a", ("labeler-00", 2): "b", ("labeler-00", 3): "a"}
+    assert check_stored(db, result) == [
+        "vote ('labeler-00', 2): sent b, stored tie", "vote ('labeler-00', 3): sent a, stored None",
+    ]
+    result.sent = {("labeler-00", 1): "a", ("labeler-00", 2): "tie"}
+    result.votes_each = 2
+    assert check_stored(db, result) == []
 
 
 def test_percentile_is_nearest_rank():
