@@ -6,7 +6,7 @@ PIP     := $(PY) -m pip
 PYTEST_ARGS ?=
 ARGS    ?=
 
-.PHONY: install run test test-all compile bench clean chromium
+.PHONY: install run run-stack stack-up stack-down test test-all compile bench clean chromium
 
 install: $(VENV)/.installed chromium
 
@@ -26,6 +26,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 run: install
 	$(VENV)/bin/fromscratch run $(ARGS)
 
+# The same pipeline against real S3 (SeaweedFS), an MLflow tracking server and a two-node Ray,
+# all started on this machine and taken down afterwards (pipelines/local_stack.py).
+run-stack: install
+	$(VENV)/bin/fromscratch stack run $(ARGS)
+
+stack-up: install
+	$(VENV)/bin/fromscratch stack up
+
+stack-down:
+	$(VENV)/bin/fromscratch stack down
+
 test: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
@@ -40,4 +51,4 @@ bench: install
 	$(PY) benchmarks/pretrain_throughput.py
 
 clean:
-	rm -rf build fromscratch-runs .pytest_cache
+	rm -rf build fromscratch-runs .pytest_cache .fromscratch-kfp
