@@ -78,6 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from components.label.app import create_app
 
     progress = repo.progress("")
+    if not progress.total_pairs:
+        print("fromscratch: the database holds no pairs yet; start with --model to sample some", file=sys.stderr)
     print(f"labelling page: http://{args.host}:{args.port}/  ({progress.total_pairs} pairs, {progress.total_votes} votes; db {db_url})")
     if generated:
         print(f"access token (set FROMSCRATCH_LABEL_TOKEN to choose one): {token}")
@@ -124,7 +126,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not args.no_mlflow:
         run_id = log_export(result, _config(args))
         print(f"mlflow: dataset 'label-preferences' logged to run {run_id}")
-    print(f"train on it: --set \"data.preferences.sources=['{result.uri}']\" [--set data.preferences.mix_generated=true]")
+    from components.common import storage
+
+    print(f"train on it: --set \"data.preferences.sources=['{storage.normalize(result.uri)}']\" "
+          "[--set data.preferences.mix_generated=true]")
     return 0
 
 
