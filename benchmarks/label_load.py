@@ -21,7 +21,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from components.label.loadtest import check_stored, run_load  # noqa: E402
+from components.label.loadtest import check_stored, run_load
 
 
 def measure(db: str | None, tmp: str, name: str, labelers: int, votes: int) -> dict:

@@ -131,7 +131,7 @@ def test_replayed_duplicate_and_unknown_votes_are_refused(server):
     r = client.post("/vote", data={"pair_id": 9999, "form_token": ghost, "choice": "a"})
     assert r.status_code == 404 and "there is no pair 9999" in r.text
     # a form minted for someone else, or for another pair, or forged, or none at all
-    other = [i for i in ids if i != pair_id][0]
+    other = next(i for i in ids if i != pair_id)
     bob = signing.form_token(settings.signing_key, other, "bob")
     r = client.post("/vote", data={"pair_id": other, "form_token": bob, "choice": "a"})
     assert r.status_code == 403 and "another pair or person" in r.text
@@ -154,7 +154,7 @@ def test_replayed_duplicate_and_unknown_votes_are_refused(server):
 
 
 def test_oversized_and_script_carrying_text_is_refused(server):
-    client, repo, settings, ids = server
+    client, repo, settings, _ = server
     sign_in(client, "ada")
     pair_id, token = shown(client)
     form = {"pair_id": pair_id, "form_token": token, "choice": "a"}

@@ -111,7 +111,7 @@ def test_cli_export(voted, tmp_path, capsys):
 
 
 def test_preference_data_prep_takes_the_export_alone_and_mixed(voted, tmp_path, make_config):
-    repo, ids = voted
+    repo, _ = voted
     # enough labelled pairs for a train and a held-out split
     more = repo.add_pairs(
         {"batch": "c", "position": i, "prompt_id": f"q{i}", "prompt": [{"role": "user", "content": f"Q{i}?"}],

@@ -65,7 +65,7 @@ class Pair(Base):
     sampling: Mapped[str] = mapped_column(Text)  # JSON: temperature, top_p, max_new_tokens, seeds
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    votes: Mapped[list["Vote"]] = relationship(back_populates="pair")
+    votes: Mapped[list[Vote]] = relationship(back_populates="pair")
 
 
 class Vote(Base):

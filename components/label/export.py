@@ -147,8 +147,8 @@ def agreement_lines(report: dict[str, Any]) -> list[str]:
     if not report["comparisons"]:
         return ["agreement: no pair was labelled by two people"]
     lines = [
-        f"agreement: {report['agreement']:.1%} over {report['comparisons']} comparisons "
-        f"on {report['pairs_with_several_labelers']} pairs labelled by two or more people"
+        (f"agreement: {report['agreement']:.1%} over {report['comparisons']} comparisons "
+         f"on {report['pairs_with_several_labelers']} pairs labelled by two or more people")
     ]
     if report["decisive_comparisons"]:
         lines.append(f"  A/B votes only: {report['decisive_agreement']:.1%} over {report['decisive_comparisons']}")
@@ -171,7 +171,7 @@ def write_export(repo: Repository, out_uri: str, mode: Mode = "majority") -> Exp
 
 
 def _agreement_uri(out_uri: str) -> str:
-    base = out_uri[: -len(".jsonl")] if out_uri.endswith(".jsonl") else out_uri
+    base = out_uri.removesuffix(".jsonl")
     return f"{base}.agreement.json"
 
 

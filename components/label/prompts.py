@@ -18,7 +18,12 @@ from typing import Any
 from components.common import storage
 from components.common.errors import DataError, at
 from components.data_prep.chat_loaders import chat_turns
-from components.data_prep.loaders import _display, _iter_lines, _resolve_files, iter_json_lines
+from components.data_prep.loaders import (
+    _display,
+    _iter_lines,
+    _resolve_files,
+    iter_json_lines,
+)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ def load_prompts(uri: str) -> list[Prompt]:
             continue
         for lineno, record in iter_json_lines(lines, name):
 
-            def error(msg: str, n: int = lineno) -> DataError:
+            def error(msg: str, n: int = lineno, name: str = name) -> DataError:
                 return at(name, n, msg)
 
             pid = record.get("id") if isinstance(record, dict) else None

@@ -9,8 +9,9 @@ both succeed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
@@ -55,7 +56,7 @@ class Repository:
         self._session = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str) -> "Repository":
+    def from_url(cls, url: str) -> Repository:
         return cls(make_engine(url))
 
     def session(self) -> Session:
