@@ -104,6 +104,7 @@ class StackInfo:
     tracking_uri: str
     ray_address: str
     ray_token: str
+    ray_temp_dir: str = ""
     pids: dict[str, int] = field(default_factory=dict)
     ports: dict[str, int] = field(default_factory=dict)
 
@@ -176,6 +177,10 @@ class LocalStack:
         self.start_timeout = start_timeout
         self.procs: dict[str, subprocess.Popen] = {}
         self.info: StackInfo | None = None
+        # Ray's session folder holds AF_UNIX sockets (paths of at most 107 bytes): keep it short
+        self.ray_dir = self.dir / "ray"
+        if len(str(self.ray_dir)) > 40:
+            self.ray_dir = Path(tempfile.mkdtemp(prefix="fsray-", dir="/tmp"))
 
     # -- processes ----------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
@@ -272,7 +277,12 @@ class LocalStack:
             "--backend-store-uri", f"sqlite:///{db}",
             "--artifacts-destination", f"s3://{self.bucket}/mlartifacts",
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        ], env={**s3_env, "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"]})
+        ], env={
+            **s3_env,
+            "MLFLOW_S3_ENDPOINT_URL": s3_env["AWS_ENDPOINT_URL"],
+            # no job runner (huey consumers): tracking and artifacts only, fewer processes
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        })
         uri = f"http://127.0.0.1:{port}"
 
         def healthy() -> bool:
@@ -293,7 +303,7 @@ class LocalStack:
         ports = dict(zip(names, free_ports(len(names))))
         self._spawn("ray-head", self._ray_cmd(
             "--head", f"--port={ports['gcs']}", f"--num-cpus={self.cpus_per_node}", "--num-gpus=0",
-            f"--temp-dir={self.dir / 'ray'}", "--include-dashboard=false",
+            f"--temp-dir={self.ray_dir}", "--include-dashboard=false",
             f"--dashboard-port={ports['dashboard']}",
             f"--dashboard-agent-listen-port={ports['agent_head']}",
             f"--metrics-export-port={ports['metrics_head']}",
@@ -342,6 +352,7 @@ class LocalStack:
             self.info = StackInfo(
                 dir=str(self.dir), bucket=self.bucket, s3_endpoint=endpoint, access_key=access_key,
                 secret_key=secret_key, tracking_uri="", ray_address="", ray_token=secrets.token_hex(32),
+                ray_temp_dir=str(self.ray_dir),
             )
             self._record(s3_ports)
             self.info.tracking_uri, mlflow_port = self._start_tracking(self.info.s3_env())
@@ -370,6 +381,7 @@ class LocalStack:
             if proc is not None:
                 stop_process(name, proc.pid, timeout=60 if name == "s3" else 10, popen=proc)
         sweep(self.dir)
+        sweep(self.ray_dir)
         self.procs.clear()
         if self.info is not None:
             self.info.pids = {}
@@ -380,8 +392,11 @@ class LocalStack:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
-        if self._own_dir and os.environ.get("FROMSCRATCH_KEEP_STACK_DIR") != "1":
-            shutil.rmtree(self.dir, ignore_errors=True)
+        if os.environ.get("FROMSCRATCH_KEEP_STACK_DIR") != "1":
+            if self._own_dir:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            if not self.ray_dir.is_relative_to(self.dir):
+                shutil.rmtree(self.ray_dir, ignore_errors=True)
 
     # -- faults (tests) -----------------------------------------------------------------------
     def kill_ray_node(self, index: int = 1) -> list[int]:
@@ -504,5 +519,7 @@ def stop_saved(directory: str | Path) -> None:
         if pid and _alive(pid):
             stop_process(name, pid, timeout=60 if name == "s3" else 10)
     sweep(directory)
+    if info.ray_temp_dir:
+        sweep(info.ray_temp_dir)
     info.pids = {}
     info.save()

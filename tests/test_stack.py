@@ -37,8 +37,10 @@ TINY_STEPS = [
     "preference.ppo.iterations=2", "preference.ppo.checkpoint_every=2", "preference.ppo.prompts_per_worker=4",
     "data.problems.num_train=100", "data.problems.num_heldout=20",
     "rlvr.steps=2", "rlvr.checkpoint_every=2", "rlvr.prompts_per_step=2", "rlvr.num_generations=2",
-    "evaluate.pass_k=2", "evaluate.max_instruction_examples=30", "evaluate.max_preference_examples=20",
-    "evaluate.max_problems=20",
+    # evaluation on every checkpoint: a handful of examples per suite
+    "evaluate.max_eval_blocks=4", "evaluate.pass_k=0", "evaluate.max_instruction_examples=6",
+    "evaluate.max_preference_examples=6", "evaluate.max_problems=6", "evaluate.instruction_max_new_tokens=12",
+    "evaluate.reasoning_max_new_tokens=12",
 ]
 
 
@@ -66,23 +68,39 @@ def _run_cli(info, run_id: str, cwd: Path, extra: list[str], env_changes: dict[s
 
 
 @pytest.mark.parametrize(
-    "case, extra, env_changes, expected",
+    "case, overrides, env_changes, expected",
     [
-        ("wrong access key", [], {"AWS_ACCESS_KEY_ID": "nobody"}, "does not know the access key 'nobody'"),
-        ("wrong secret", [], {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "rejected the secret key"),
-        ("missing bucket", ["storage.root=s3://no-such-bucket/runs"], {}, "bucket 'no-such-bucket' does not exist"),
-        ("tracking server down", ["tracking.uri=http://127.0.0.1:{closed}"], {}, "tracking server http://127.0.0.1:{closed} is not reachable"),
+        ("wrong access key", [], {"AWS_ACCESS_KEY_ID": "nobody"}, "storage: S3 at {s3} does not know the access key 'nobody'"),
+        ("wrong secret", [], {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "storage: S3 at {s3} rejected the secret key"),
+        ("missing bucket", ["storage.root=s3://no-such-bucket/runs"], {}, "storage: bucket 'no-such-bucket' does not exist at {s3}"),
+        ("tracking server down", ["tracking.uri=http://127.0.0.1:{closed}"], {},
+         "tracking: tracking server http://127.0.0.1:{closed} is not reachable"),
+        ("ray down", ["ray.address=127.0.0.1:{closed}"], {}, "ray: Ray at 127.0.0.1:{closed} is not reachable"),
     ],
 )
-def test_preflight_refuses_before_anything_starts(stack, tmp_path, case, extra, env_changes, expected):
+def test_preflight_against_the_real_services(stack, make_config, monkeypatch, case, overrides, env_changes, expected):
+    from components.common.preflight import PreflightError, run_preflight
+
     (closed,) = free_ports(1)
-    extra = [e.format(closed=closed) for e in extra]
-    proc = _run_cli(stack, "preflight", tmp_path, extra, env_changes, timeout=180)
-    assert proc.returncode == 2, (case, proc.stdout[-2000:], proc.stderr[-2000:])
+    for key, value in {**stack.env(), **env_changes}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    good = [*stack.overrides(), f"ray.address={stack.ray_address}"]
+    assert [r.name for r in run_preflight(make_config(*good))] == ["storage", "tracking", "ray"]
+    cfg = make_config(*good, *[o.format(closed=closed) for o in overrides])
+    with pytest.raises(PreflightError) as err:
+        run_preflight(cfg)
+    assert len(err.value.problems) == 1, err.value.problems
+    assert expected.format(closed=closed, s3=stack.s3_endpoint) in err.value.problems[0], err.value.problems
+
+
+def test_run_stops_at_preflight_before_anything_starts(stack, tmp_path):
+    proc = _run_cli(stack, "preflight", tmp_path, ["storage.root=s3://no-such-bucket/runs"], timeout=180)
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert "preflight failed, nothing was started" in proc.stderr
-    assert expected.format(closed=closed) in proc.stderr, proc.stderr[-2000:]
+    assert "bucket 'no-such-bucket' does not exist" in proc.stderr
     assert "Traceback" not in proc.stderr
-    # nothing ran: no KFP folder, no run folder in the bucket
+    # nothing ran: no KFP folder, no run folder anywhere in the stack's bucket
     assert not (tmp_path / ".fromscratch-kfp").exists()
     assert not _s3(stack).exists(f"{stack.bucket}/runs/preflight")
 

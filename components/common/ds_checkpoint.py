@@ -44,5 +44,39 @@ def restore_checkpoint(engine) -> dict[str, Any] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as ckpt_dir:
+        saved_world = saved_world_size(ckpt_dir)
+        if saved_world and saved_world != engine.dp_world_size:
+            return _restore_resized(engine, ckpt_dir, saved_world)
         _, client_state = engine.load_checkpoint(ckpt_dir, tag=CKPT_TAG)
+    return dict(client_state or {})
+
+
+def saved_world_size(ckpt_dir: str | Path) -> int:
+    """How many data-parallel ranks wrote a ZeRO checkpoint (one optimizer file each; 0 without ZeRO)."""
+    return len(list(Path(ckpt_dir, CKPT_TAG).glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+
+
+def _restore_resized(engine, ckpt_dir: str, saved_world: int) -> dict[str, Any]:
+    """Elastic restart (a node was lost): the checkpoint was written by another number of
+    workers. DeepSpeed refuses optimizer state across data-parallel sizes, so load the weights
+    (the fp32 partitions of all ranks merged and re-split), scheduler and client state, then
+    re-partition the saved optimizer state of an elastic ZeRO-1/2 checkpoint for this size."""
+    import logging
+
+    log = logging.getLogger("fromscratch.checkpoint")
+    _, client_state = engine.load_checkpoint(ckpt_dir, tag=CKPT_TAG, load_optimizer_states=False)
+    optimizer = getattr(engine, "optimizer", None)
+    moments = "re-initialised"
+    if getattr(optimizer, "elastic_checkpoint", False) and hasattr(optimizer, "_restore_elastic_base_optimizer_state"):
+        try:
+            states = engine._get_all_zero_checkpoints(ckpt_dir, CKPT_TAG)
+            optimizer._restore_elastic_base_optimizer_state(states)
+            optimizer._link_all_hp_params()
+            moments = "re-partitioned"
+        except Exception as err:  # noqa: BLE001 - weights are exact; only the moments restart
+            log.warning("could not re-partition the optimizer state (%s); it restarts from zero", err)
+    log.warning(
+        "checkpoint written by %d workers, restored into %d: weights, schedule and step exact, optimizer state %s",
+        saved_world, engine.dp_world_size, moments,
+    )
     return dict(client_state or {})
