@@ -69,12 +69,24 @@ def _restore_resized(engine, ckpt_dir: str, saved_world: int) -> dict[str, Any]:
     moments = "re-initialised"
     if getattr(optimizer, "elastic_checkpoint", False) and hasattr(optimizer, "_restore_elastic_base_optimizer_state"):
         try:
+            from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE_STEP
+
             states = engine._get_all_zero_checkpoints(ckpt_dir, CKPT_TAG)
+            # a torch optimizer keeps its step per parameter, not per group: DeepSpeed's merge
+            # expects the group's, so hand it a placeholder and take it out again
+            no_group_step = BASE_OPTIMIZER_STATE_STEP not in states[0]
+            if no_group_step:
+                for state in states:
+                    state[BASE_OPTIMIZER_STATE_STEP] = None
             optimizer._restore_elastic_base_optimizer_state(states)
+            if no_group_step:
+                for group in optimizer.optimizer.param_groups:
+                    if group.get("step", 0) is None:
+                        del group["step"]
             optimizer._link_all_hp_params()
             moments = "re-partitioned"
         except Exception as err:  # noqa: BLE001 - weights are exact; only the moments restart
-            log.warning("could not re-partition the optimizer state (%s); it restarts from zero", err)
+            log.warning("could not re-partition the optimizer state (%r); it restarts from zero", err)
     log.warning(
         "checkpoint written by %d workers, restored into %d: weights, schedule and step exact, optimizer state %s",
         saved_world, engine.dp_world_size, moments,
