@@ -100,6 +100,9 @@ def test_killed_node_recovers_on_the_remaining_node(tmp_path):
         assert fs.exists(f"{info.bucket}/runs/killnode/checkpoints/pretrain/_COMPLETE")
         # the restarted worker group is the one worker the remaining node holds
         assert "worker group of size 2" in text and "worker group of size 1" in text, text[-4000:]
+        # the DeepSpeed checkpoint of two workers went into one: weights and Adam state re-split
+        assert "checkpoint written by 2 workers, restored into 1" in text
+        assert "optimizer state re-partitioned" in text, text[-4000:]
         ckpts = [p for p in fs.ls(f"{info.bucket}/runs/killnode/ray/pretrain") if "checkpoint_" in p.rsplit("/", 1)[-1]]
         assert ckpts, "no Ray Train checkpoint in the bucket"
         print(json.dumps({"resumed_from": result["resumed_from"], "killed_pids": killed["pids"],
