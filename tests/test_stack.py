@@ -82,11 +82,13 @@ def test_preflight_against_the_real_services(stack, make_config, monkeypatch, ca
     from components.common.preflight import PreflightError, run_preflight
 
     (closed,) = free_ports(1)
-    for key, value in {**stack.env(), **env_changes}.items():
+    for key, value in stack.env().items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     good = [*stack.overrides(), f"ray.address={stack.ray_address}"]
     assert [r.name for r in run_preflight(make_config(*good))] == ["storage", "tracking", "ray"]
+    for key, value in env_changes.items():
+        monkeypatch.setenv(key, value)
     cfg = make_config(*good, *[o.format(closed=closed) for o in overrides])
     with pytest.raises(PreflightError) as err:
         run_preflight(cfg)
