@@ -81,9 +81,10 @@ class DeepSpeedConfig(_Strict):
     offload_optimizer: bool = False
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_clipping: float = Field(default=1.0, ge=0)
-    elastic_checkpoint: bool = Field(
-        default=True,
-        description="ZeRO-1/2 checkpoints that load into another worker count (elastic recovery).",
+    elastic_checkpoint: bool | None = Field(
+        default=None,
+        description="ZeRO-1/2 checkpoints that load into another worker count. Unset: on exactly "
+        "when ray.min_workers allows a smaller worker group (elastic training).",
     )
 
 
@@ -383,6 +384,20 @@ class Config(_Strict):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+
+    @model_validator(mode="after")
+    def _elastic_checkpoints(self) -> "Config":
+        elastic = self.ray.min_workers is not None and self.ray.min_workers < self.ray.num_workers
+        if self.deepspeed.elastic_checkpoint is None:
+            self.deepspeed.elastic_checkpoint = elastic
+        elif elastic and not self.deepspeed.elastic_checkpoint and self.deepspeed.zero_stage in (1, 2):
+            raise ValueError(
+                "ray.min_workers < ray.num_workers needs deepspeed.elastic_checkpoint (ZeRO-1/2 state "
+                "must load into fewer workers)"
+            )
+        if elastic and self.deepspeed.zero_stage == 3:
+            raise ValueError("ray.min_workers (elastic training) supports deepspeed.zero_stage 0-2, not 3")
+        return self
 
     def to_json(self) -> str:
         return self.model_dump_json()

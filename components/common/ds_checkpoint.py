@@ -43,52 +43,96 @@ def restore_checkpoint(engine) -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
+    install_elastic_loader()
     with checkpoint.as_directory() as ckpt_dir:
-        saved_world = saved_world_size(ckpt_dir)
-        if saved_world and saved_world != engine.dp_world_size:
-            return _restore_resized(engine, ckpt_dir, saved_world)
         _, client_state = engine.load_checkpoint(ckpt_dir, tag=CKPT_TAG)
     return dict(client_state or {})
 
 
-def saved_world_size(ckpt_dir: str | Path) -> int:
+# ---- elastic checkpoints: restore into another number of workers ------------------------------
+#
+# With ``deepspeed.elastic_checkpoint`` (set whenever ``ray.min_workers`` allows a smaller worker
+# group) ZeRO-1/2 save their optimizer state without DP padding, so it can be merged and re-split
+# for another data-parallel size. DeepSpeed 0.19 still refuses such a load (and its merge expects
+# the optimizer step per param group, which torch optimizers keep per parameter), so the engine's
+# ``load_checkpoint`` is wrapped: for an elastic checkpoint it loads weights (the fp32 partitions of
+# all ranks merged and re-split), scheduler and client state, then re-partitions the optimizer
+# state itself. Our loops call it through ``restore_checkpoint``; HF/TRL trainers through their
+# own resume, which calls the same method. Anything else goes to DeepSpeed unchanged.
+
+_ORIGINAL_LOAD = None
+
+
+def _resolve_tag(load_dir: str | Path, tag: str | None) -> str | None:
+    if tag is not None:
+        return tag
+    latest = Path(load_dir, "latest")
+    return latest.read_text().strip() if latest.is_file() else None
+
+
+def saved_world_size(load_dir: str | Path, tag: str | None = CKPT_TAG) -> int:
     """How many data-parallel ranks wrote a ZeRO checkpoint (one optimizer file each; 0 without ZeRO)."""
-    return len(list(Path(ckpt_dir, CKPT_TAG).glob("zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+    tag = _resolve_tag(load_dir, tag)
+    if tag is None:
+        return 0
+    return len(list(Path(load_dir, tag).glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
 
 
-def _restore_resized(engine, ckpt_dir: str, saved_world: int) -> dict[str, Any]:
-    """Elastic restart (a node was lost): the checkpoint was written by another number of
-    workers. DeepSpeed refuses optimizer state across data-parallel sizes, so load the weights
-    (the fp32 partitions of all ranks merged and re-split), scheduler and client state, then
-    re-partition the saved optimizer state of an elastic ZeRO-1/2 checkpoint for this size."""
+def install_elastic_loader() -> None:
+    """Wrap ``DeepSpeedEngine.load_checkpoint`` once per process (see above)."""
+    global _ORIGINAL_LOAD
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    if _ORIGINAL_LOAD is not None:
+        return
+    _ORIGINAL_LOAD = DeepSpeedEngine.load_checkpoint
+
+    def load_checkpoint(self, load_dir, tag=None, load_module_strict=True, load_optimizer_states=True,
+                        load_lr_scheduler_states=True, load_module_only=False, custom_load_fn=None):
+        optimizer = getattr(self, "optimizer", None)
+        elastic = (
+            getattr(optimizer, "elastic_checkpoint", False)
+            and hasattr(optimizer, "_restore_elastic_base_optimizer_state")
+            and load_optimizer_states and not load_module_only and custom_load_fn is None
+        )
+        if not elastic:
+            return _ORIGINAL_LOAD(self, load_dir, tag, load_module_strict, load_optimizer_states,
+                                  load_lr_scheduler_states, load_module_only, custom_load_fn)
+        return _load_elastic(self, load_dir, _resolve_tag(load_dir, tag), load_module_strict,
+                             load_lr_scheduler_states)
+
+    DeepSpeedEngine.load_checkpoint = load_checkpoint
+
+
+def _load_elastic(engine, load_dir, tag, load_module_strict, load_lr_scheduler_states):
     import logging
 
-    log = logging.getLogger("fromscratch.checkpoint")
-    _, client_state = engine.load_checkpoint(ckpt_dir, tag=CKPT_TAG, load_optimizer_states=False)
-    optimizer = getattr(engine, "optimizer", None)
-    moments = "re-initialised"
-    if getattr(optimizer, "elastic_checkpoint", False) and hasattr(optimizer, "_restore_elastic_base_optimizer_state"):
-        try:
-            from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE_STEP
+    from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE_STEP
 
-            states = engine._get_all_zero_checkpoints(ckpt_dir, CKPT_TAG)
-            # a torch optimizer keeps its step per parameter, not per group: DeepSpeed's merge
-            # expects the group's, so hand it a placeholder and take it out again
-            no_group_step = BASE_OPTIMIZER_STATE_STEP not in states[0]
-            if no_group_step:
-                for state in states:
-                    state[BASE_OPTIMIZER_STATE_STEP] = None
-            optimizer._restore_elastic_base_optimizer_state(states)
-            if no_group_step:
-                for group in optimizer.optimizer.param_groups:
-                    if group.get("step", 0) is None:
-                        del group["step"]
-            optimizer._link_all_hp_params()
-            moments = "re-partitioned"
-        except Exception as err:  # noqa: BLE001 - weights are exact; only the moments restart
-            log.warning("could not re-partition the optimizer state (%r); it restarts from zero", err)
-    log.warning(
-        "checkpoint written by %d workers, restored into %d: weights, schedule and step exact, optimizer state %s",
-        saved_world, engine.dp_world_size, moments,
+    log = logging.getLogger("fromscratch.checkpoint")
+    saved_world = saved_world_size(load_dir, tag)
+    path, client_state = _ORIGINAL_LOAD(
+        engine, load_dir, tag, load_module_strict, False, load_lr_scheduler_states, False, None
     )
-    return dict(client_state or {})
+    if path is None:
+        return path, client_state
+    optimizer = engine.optimizer
+    states = engine._get_all_zero_checkpoints(load_dir, tag)
+    # a torch optimizer keeps its step per parameter, not per group: DeepSpeed's merge expects
+    # the group's, so hand it a placeholder and take it out again
+    no_group_step = BASE_OPTIMIZER_STATE_STEP not in states[0]
+    if no_group_step:
+        for state in states:
+            state[BASE_OPTIMIZER_STATE_STEP] = None
+    optimizer._restore_elastic_base_optimizer_state(states)
+    if no_group_step:
+        for group in optimizer.optimizer.param_groups:
+            if group.get("step", 0) is None:
+                del group["step"]
+    optimizer._link_all_hp_params()
+    if saved_world != engine.dp_world_size:
+        log.warning(
+            "checkpoint written by %d workers, restored into %d: weights, optimizer state (re-partitioned), "
+            "schedule and step", saved_world, engine.dp_world_size,
+        )
+    return path, client_state

@@ -142,8 +142,11 @@ def train_and_publish(
     ``extra_fn()``)."""
     from ray.train.huggingface.transformers import prepare_trainer
 
+    from components.common.ds_checkpoint import install_elastic_loader
+
     add_pipeline_callbacks(trainer, rank, config)
     trainer = prepare_trainer(trainer)
+    install_elastic_loader()  # resuming into fewer workers after a lost node (ray.min_workers)
     resume, start_step = restored_checkpoint()
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume)
