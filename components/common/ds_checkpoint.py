@@ -132,7 +132,7 @@ def _load_elastic(engine, load_dir, tag, load_module_strict, load_lr_scheduler_s
     optimizer._link_all_hp_params()
     if saved_world != engine.dp_world_size:
         log.warning(
-            "checkpoint written by %d workers, restored into %d: weights, optimizer state (re-partitioned), "
-            "schedule and step", saved_world, engine.dp_world_size,
+            "checkpoint written by %d workers, restored into %d: weights, schedule and step exact, "
+            "optimizer state re-partitioned", saved_world, engine.dp_world_size,
         )
     return path, client_state
