@@ -39,7 +39,6 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 log = logging.getLogger("fromscratch.stack")
 
@@ -145,7 +144,7 @@ class StackInfo:
         path.chmod(0o600)  # it holds the stack's credentials
 
     @classmethod
-    def load(cls, directory: str | Path) -> "StackInfo":
+    def load(cls, directory: str | Path) -> StackInfo:
         path = Path(directory) / STATE_FILE
         if not path.is_file():
             raise StackError(f"no local stack at {directory} (no {STATE_FILE})")
@@ -186,7 +185,7 @@ class LocalStack:
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen:
         logs = self.dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        out = open(logs / f"{name}.log", "ab")
+        out = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child, closed below
         full_env = {**os.environ, **env}
         full_env.pop("RAY_ADDRESS", None)
         proc = subprocess.Popen(
@@ -335,7 +334,7 @@ class LocalStack:
         client_env.pop("RAY_ADDRESS", None)
         proc = subprocess.run(
             [sys.executable, "-c", code], env=client_env,
-            capture_output=True, text=True, timeout=60,
+            capture_output=True, text=True, timeout=60, check=False,
         )
         if proc.returncode != 0:
             raise StackError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "ray.init failed")
@@ -382,6 +381,8 @@ class LocalStack:
                 stop_process(name, proc.pid, timeout=60 if name == "s3" else 10, popen=proc)
         sweep(self.dir)
         sweep(self.ray_dir)
+        if not self.ray_dir.is_relative_to(self.dir) and os.environ.get("FROMSCRATCH_KEEP_STACK_DIR") != "1":
+            shutil.rmtree(self.ray_dir, ignore_errors=True)  # the short-path Ray folder outside ours
         self.procs.clear()
         if self.info is not None:
             self.info.pids = {}
@@ -390,13 +391,10 @@ class LocalStack:
     def __enter__(self) -> StackInfo:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
-        if os.environ.get("FROMSCRATCH_KEEP_STACK_DIR") != "1":
-            if self._own_dir:
-                shutil.rmtree(self.dir, ignore_errors=True)
-            if not self.ray_dir.is_relative_to(self.dir):
-                shutil.rmtree(self.ray_dir, ignore_errors=True)
+        if self._own_dir and os.environ.get("FROMSCRATCH_KEEP_STACK_DIR") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     # -- faults (tests) -----------------------------------------------------------------------
     def kill_ray_node(self, index: int = 1) -> list[int]:

@@ -12,7 +12,6 @@ MLflow tracking server and a two-node Ray (``pipelines/local_stack.py``), one st
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,7 +63,7 @@ def _run_cli(info, run_id: str, cwd: Path, extra: list[str], env_changes: dict[s
     cmd = pipeline_command(info, run_id, "tiny", extra)
     env = client_env(info)
     env.update(env_changes or {})
-    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +116,7 @@ def _train_worker_nodes(info) -> dict[str, int]:
         " if a.get('ActorClassName') == 'RayTrainWorker')\n"
         "print(json.dumps(c))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=client_env(info), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], env=client_env(info), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

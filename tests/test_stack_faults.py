@@ -85,7 +85,7 @@ def test_killed_node_recovers_on_the_remaining_node(tmp_path):
         with open(log_path, "w") as log:
             proc = subprocess.run(
                 [sys.executable, "-c", DRIVER, json.dumps(overrides)], env=env, stdout=log,
-                stderr=subprocess.STDOUT, timeout=900, cwd=tmp_path,
+                stderr=subprocess.STDOUT, timeout=900, cwd=tmp_path, check=False,
             )
         stop.set()
         thread.join(timeout=5)

@@ -172,20 +172,20 @@ def check_tracking(uri: str, experiment: str = "fromscratch") -> str:
         api_status, body = _get(f"{base}/api/2.0/mlflow/experiments/get-by-name?{query}")
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise PreflightError([
-            f"tracking server {uri} is not reachable ({reason}): start it or fix tracking.uri / MLFLOW_TRACKING_URI"
-        ]) from None
+        raise PreflightError(
+            [f"tracking server {uri} is not reachable ({reason}): start it or fix tracking.uri / MLFLOW_TRACKING_URI"]
+        ) from None
     if api_status in (401, 403):
-        raise PreflightError([
+        raise PreflightError([(
             f"tracking server {uri} refused the request (HTTP {api_status}): set MLFLOW_TRACKING_USERNAME/"
             "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN"
-        ])
+        )])
     known = api_status == 200 or (api_status == 404 and "RESOURCE_DOES_NOT_EXIST" in body)
     if not known:
-        raise PreflightError([
+        raise PreflightError([(
             f"{uri} does not answer like an MLflow tracking server (GET /health: {status}, "
             f"experiments/get-by-name: {api_status}): fix tracking.uri"
-        ])
+        )])
     return f"MLflow at {uri} (REST API answers)"
 
 
@@ -204,10 +204,10 @@ def check_ray(address: str | None) -> str:
         with socket.create_connection((host, port), timeout=TIMEOUT_S):
             pass
     except OSError as err:
-        raise PreflightError([
+        raise PreflightError([(
             f"Ray at {address} is not reachable ({err.strerror or err}): start the cluster or fix "
             "--ray-address / ray.address / RAY_ADDRESS"
-        ]) from None
+        )]) from None
     return f"Ray at {address} accepts connections"
 
 
