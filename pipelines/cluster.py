@@ -20,6 +20,7 @@ import yaml
 
 from components.common.config import Config
 from components.common.kubernetes_config import SecretEnv, Toleration
+from components.common.ray_cluster import endpoint_env
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,7 @@ def task_env(cfg: Config, stage: str) -> dict[str, str]:
     The stages read the same values from the config; the env is for libraries that only
     look at the environment (transformers' MLflow callback, s3fs/botocore, Ray's clients).
     """
-    env = dict(cfg.kubernetes.env)
-    if cfg.tracking.uri:
-        env.setdefault("MLFLOW_TRACKING_URI", cfg.tracking.uri)
-    if cfg.storage.s3_endpoint_url:
-        env.setdefault("AWS_ENDPOINT_URL", cfg.storage.s3_endpoint_url)
+    env = {**endpoint_env(cfg), **cfg.kubernetes.env}  # explicit kubernetes.env wins
     ray = cfg.kubernetes.ray
     if cfg.kubernetes.stage_class(stage) == "training" and ray.mode == "cluster" and ray.address:
         if ray.submit == "client":

@@ -34,6 +34,17 @@ def _print_env(info: StackInfo) -> None:
     print(f"logs             {info.dir}/logs")
 
 
+def _start(stack: LocalStack) -> StackInfo | None:
+    """Start the services and say where they are; None (after one line) if one fails to."""
+    try:
+        info = stack.start()
+    except StackError as err:
+        print(f"fromscratch: stack failed to start: {err}", file=sys.stderr)
+        return None
+    _print_env(info)
+    return info
+
+
 def cmd_stack_up(args: argparse.Namespace) -> int:
     directory = Path(args.dir).resolve()
     if (directory / "stack.json").is_file():
@@ -45,13 +56,9 @@ def cmd_stack_up(args: argparse.Namespace) -> int:
                 return 1
         except (StackError, TypeError, ValueError):
             pass
-    stack = LocalStack(directory, bucket=args.bucket)
-    try:
-        info = stack.start()
-    except StackError as err:
-        print(f"fromscratch: stack failed to start: {err}", file=sys.stderr)
+    info = _start(LocalStack(directory, bucket=args.bucket))
+    if info is None:
         return 1
-    _print_env(info)
     print("\n# use it from this shell:")
     for key, value in info.env().items():
         print(f"export {key}={value}")
@@ -187,13 +194,10 @@ def cmd_stack_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     directory = Path(args.dir).resolve() if args.dir else None
     stack = LocalStack(directory, bucket=args.bucket)
-    try:
-        info = stack.start()
-    except StackError as err:
-        print(f"fromscratch: stack failed to start: {err}", file=sys.stderr)
+    info = _start(stack)
+    if info is None:
         return 1
     timings["stack_up_s"] = time.perf_counter() - started
-    _print_env(info)
     code = 1
     report: dict[str, Any] = {}
     try:

@@ -113,7 +113,7 @@ def check_storage(root: str, endpoint: str | None = None) -> str:
         return f"local {path} writable"
     if not root.startswith("s3://"):
         return f"{root.split('://', 1)[0]}:// not checked"
-    endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    endpoint = endpoint or storage.s3_endpoint()
     bucket_and_prefix = root[len("s3://"):].strip("/")
     bucket = bucket_and_prefix.split("/", 1)[0]
     where = endpoint or "AWS S3"

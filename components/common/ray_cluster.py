@@ -147,6 +147,18 @@ def entrypoint(request: str) -> str:
     return f"python -m components.common.ray_cluster run {shlex.quote(request)}"
 
 
+def endpoint_env(cfg: Config) -> dict[str, str]:
+    """The configured service endpoints as the environment variables libraries read (MLflow's
+    client and callbacks, s3fs/botocore): for task pods, Ray pods and a joined cluster's
+    workers alike. Credentials are not here: they come from Secrets or the nodes' environment."""
+    env: dict[str, str] = {}
+    if cfg.tracking.uri:
+        env["MLFLOW_TRACKING_URI"] = cfg.tracking.uri
+    if cfg.storage.s3_endpoint_url:
+        env["AWS_ENDPOINT_URL"] = cfg.storage.s3_endpoint_url
+    return env
+
+
 def runtime_env(environ: dict[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if environ is None else environ
     env_vars = {name: env[name] for name in FORWARDED_ENV if env.get(name)}
@@ -389,11 +401,7 @@ def _container_env(cfg: Config) -> list[dict[str, Any]]:
             if secret.optional:
                 ref["optional"] = True
             env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
-    plain = dict(cfg.kubernetes.env)
-    if cfg.tracking.uri:
-        plain.setdefault("MLFLOW_TRACKING_URI", cfg.tracking.uri)
-    if cfg.storage.s3_endpoint_url:
-        plain.setdefault("AWS_ENDPOINT_URL", cfg.storage.s3_endpoint_url)
+    plain = {**endpoint_env(cfg), **cfg.kubernetes.env}  # explicit kubernetes.env wins
     plain["FROMSCRATCH_IMAGE"] = cfg.pipeline.base_image
     env.extend({"name": k, "value": v} for k, v in sorted(plain.items()))
     return env

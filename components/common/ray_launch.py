@@ -28,16 +28,13 @@ def ensure_ray(cfg: Config) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if address:
-        from components.common.ray_cluster import runtime_env
+        from components.common.ray_cluster import IN_JOB_ENV, endpoint_env, runtime_env
 
         # The workers of a cluster started elsewhere see the driver's plain settings (S3
         # endpoint, tracking URI); credentials come from the nodes' own environment.
         env = runtime_env()
-        env["env_vars"].pop("FROMSCRATCH_IN_RAY_JOB", None)
-        if cfg.storage.s3_endpoint_url:
-            env["env_vars"].setdefault("AWS_ENDPOINT_URL", cfg.storage.s3_endpoint_url)
-        if cfg.tracking.uri:
-            env["env_vars"].setdefault("MLFLOW_TRACKING_URI", cfg.tracking.uri)
+        env["env_vars"].pop(IN_JOB_ENV, None)
+        env["env_vars"] = {**endpoint_env(cfg), **env["env_vars"]}  # the driver's own environment wins
         if not address.startswith(("ray://", "http://", "https://")):
             # Ray Train's own helpers (state API) look the cluster up again: name it, so another
             # Ray on the same machine is never a candidate

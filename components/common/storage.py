@@ -54,10 +54,15 @@ def use_endpoint(endpoint_url: str | None) -> None:
         os.environ["AWS_ENDPOINT_URL"] = endpoint_url
 
 
+def s3_endpoint() -> str | None:
+    """The S3 endpoint of this process (MinIO/SeaweedFS-style servers); None means AWS."""
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+
+
 def storage_options(uri: str) -> dict[str, Any]:
     """s3fs options from the environment (endpoint for MinIO/SeaweedFS-style servers)."""
     if uri.startswith("s3://"):
-        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+        endpoint = s3_endpoint()
         if endpoint:
             return {"client_kwargs": {"endpoint_url": endpoint}}
     return {}

@@ -34,6 +34,11 @@ TAG_DATASETS = "fromscratch.datasets"
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
 
+def version_model_id(version: Any) -> str:
+    """The LoggedModel behind a model-registry version (``model_id``, else its ``models:/`` source)."""
+    return getattr(version, "model_id", None) or str(version.source).removeprefix("models:/")
+
+
 def resolve_tracking_uri(cfg: Config) -> str:
     """The configured URI, else a SQLite file beside a local storage root."""
     if cfg.tracking.uri:

@@ -80,7 +80,8 @@ def _version_of(client: Any, name: str, model_id: str) -> Any | None:
     return None
 
 
-def _champion(client: Any, name: str, alias: str) -> Any | None:
+def champion_version(client: Any, name: str, alias: str) -> Any | None:
+    """The registry version holding ``alias``, or None while there is none."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -130,7 +131,7 @@ def promote(
     else:
         version = register(client, cfg.model_name, model_id, run_id, stage, metrics)
         decision["version"] = str(version.version)
-        champion = _champion(client, cfg.model_name, cfg.alias)
+        champion = champion_version(client, cfg.model_name, cfg.alias)
         if champion is None:
             decision.update(promoted=True, reason=f"first candidate: no '{cfg.alias}' yet")
         elif str(champion.version) == str(version.version):

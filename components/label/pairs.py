@@ -61,7 +61,7 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> ResolvedModel:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from components.common.tracking import TAG_CHECKPOINT
+    from components.common.tracking import TAG_CHECKPOINT, version_model_id
     from components.evaluate.promotion import RUN_TAG
 
     client = MlflowClient(tracking_uri)
@@ -71,7 +71,7 @@ def resolve_model(spec: str, tracking_uri: str | None = None) -> ResolvedModel:
             model_id, run_id = name, None
         else:
             mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version or "1")
-            model_id = mv.model_id or str(mv.source).removeprefix("models:/")
+            model_id = version_model_id(mv)
             run_id = mv.tags.get(RUN_TAG)
         logged = client.get_logged_model(model_id)
     except MlflowException as err:

@@ -21,10 +21,9 @@ from typing import Any
 
 from components.common import storage
 from components.common.config import Config, ConfigError
+from components.common.tracking import TAG_CHECKPOINT, version_model_id
 
 log = logging.getLogger(__name__)
-
-TAG_CHECKPOINT = "fromscratch.checkpoint_uri"  # as written by tracking.Tracker.log_checkpoint
 
 # preset field (model.*) → Hugging Face config key: the shape a checkpoint must share with the preset
 SHAPE_FIELDS = {
@@ -56,21 +55,20 @@ class StartPoint:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> "StartPoint":
+    def from_json(cls, data: dict[str, Any] | None) -> StartPoint:
         return cls(**data) if data else cls("random", reason="random init")
 
 
 def _champion(cfg: Config, client: Any) -> StartPoint:
-    from mlflow.exceptions import MlflowException
+    from components.evaluate.promotion import champion_version
 
     name, alias = cfg.promotion.model_name, cfg.promotion.alias
-    try:
-        version = client.get_model_version_by_alias(name, alias)
-    except MlflowException:
+    version = champion_version(client, name, alias)
+    if version is None:
         reason = f"pretrain.init_from=champion, but {name}@{alias} does not exist yet: starting from random init"
         log.warning(reason)
         return StartPoint("random", reason=reason)
-    model_id = getattr(version, "model_id", None) or str(version.source).removeprefix("models:/")
+    model_id = version_model_id(version)
     model = client.get_logged_model(model_id)
     uri = model.tags.get(TAG_CHECKPOINT)
     if not uri:
