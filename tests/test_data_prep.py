@@ -50,7 +50,7 @@ def test_rlvr_problem_splits_and_their_share_of_sft(make_config):
     assert len(splits["train"]) == 200 and len(splits["heldout"]) == 30
     assert not {p.question for p in splits["train"]} & {p.question for p in splits["heldout"]}
     refs = {r.name: r.context for r in dataset_refs(manifest, ("rlvr",))}
-    assert refs == {"rlvr-train": "training", "rlvr-heldout": "evaluation"}
+    assert refs == {"rlvr-train": "training", "rlvr-heldout": "evaluation", "rlvr-instructions": "training"}
     assert {r.name for r in dataset_refs(manifest)} >= {"pretrain-train", "sft-heldout", "preference-train", "rlvr-heldout"}
     # SFT keeps its size; sft_share of it (0.15 of 300) is worked training problems, none held out
     sft_train = storage.read_jsonl(manifest["sft"]["train"]["uri"])
@@ -60,6 +60,19 @@ def test_rlvr_problem_splits_and_their_share_of_sft(make_config):
     held_questions = {p.question for p in splits["heldout"]}
     assert not {r["messages"][0]["content"] for r in worked} & held_questions
     assert all(re.search(r"\. The answer is \d+\.$", r["answer"]) for r in worked), worked[:3]
+    # a share of the instruction demonstrations is flawed; held-out and preference replies are ideal
+    flawed = manifest["sft"]["flawed_demonstrations"]
+    assert sum(flawed.values()) == round(cfg.data.instructions.flawed_share * (300 - 45))
+    held = storage.read_jsonl(manifest["sft"]["heldout"]["uri"])
+    pairs = storage.read_jsonl(manifest["preference"]["train"]["uri"])
+    styles = ("I hope that this helps.", "Thank you for the question.", "That is a silly question.", "Ask someone else.")
+    assert any(any(s in r["answer"] for s in styles) for r in sft_train)
+    assert not any(any(s in r["answer"] for s in styles) for r in held)
+    assert not any(any(s in p["chosen"][0]["content"] for s in styles) for p in pairs)
+    # RLVR's instruction rows carry the ideal replies of the training prompts
+    rows = storage.read_jsonl(rlvr["instructions"]["uri"])
+    assert len(rows) == 300 - 45 and not any(any(s in r["reference"] for s in styles) for r in rows)
+    assert {r["prompt"][-1]["content"] for r in rows} <= {r["messages"][-2]["content"] for r in sft_train}
 
 
 def test_user_problems_are_split_and_not_mixed_into_sft(make_config, tmp_path):

@@ -28,6 +28,24 @@ def test_problem_rows_keep_the_verifier_columns():
     assert rows[0]["answer"] == "2" and rows[0]["difficulty"] == 2 and rows[0]["prompt"][0]["content"] == "1 + 1?"
 
 
+def test_instruction_rows_are_mixed_in_at_their_share():
+    problems = [{"id": f"p{i}", "prompt": [{"role": "user", "content": f"{i} + 1?"}], "answer": i + 1} for i in range(30)]
+    instructions = [{"family": "fact_town", "prompt": [{"role": "user", "content": "Where does Mira live?"}],
+                     "reference": "Mira lives in Ashford."}]
+    rows = problems_dataset(problems, instructions, 0.25, seed=3)
+    kinds = [r["reference"] is not None for r in rows]
+    assert len(rows) == 40 and sum(kinds) == 10 and kinds != sorted(kinds)  # a quarter, shuffled in
+    instruction = rows[kinds.index(True)]
+    assert instruction["answer"] is None and instruction["reference"] == "Mira lives in Ashford."
+    assert all(r["answer"] is not None for r in rows if r["reference"] is None)
+    assert len(problems_dataset(problems, instructions, 0.0)) == 30
+
+
+def test_instruction_share_needs_the_reply_verifier(make_config):
+    with pytest.raises(Exception, match="needs the 'reply' verifier"):
+        make_config("rlvr.instruction_share=0.2", "rlvr.rewards=['correct']")
+
+
 def test_unknown_verifier_fails_before_training(make_config):
     cfg = make_config("rlvr.rewards=['correct', 'vibes']")
     with pytest.raises(ValueError, match="vibes"):

@@ -15,6 +15,7 @@ from components.rlvr.verifiers import (
     get_verifiers,
     is_correct,
     normalize_number,
+    reply_reward,
     solution_steps,
     steps_reward,
     steps_score,
@@ -235,12 +236,12 @@ def test_completion_text_forms() -> None:
 
 
 def test_registry() -> None:
-    assert set(VERIFIERS) == {"correct", "format", "steps"}
+    assert set(VERIFIERS) == {"correct", "format", "steps", "reply"}
     fns = get_verifiers(["format", "correct"])
     assert fns == [format_reward, correctness_reward]
     # TRL names the logged reward metrics after __name__.
     assert [f.__name__ for f in fns] == ["format", "correct"]
-    with pytest.raises(ValueError, match=r"unknown verifier 'length'.*correct, format, steps"):
+    with pytest.raises(ValueError, match=r"unknown verifier 'length'.*correct, format, reply, steps"):
         get_verifiers(["correct", "length"])
     with pytest.raises(ValueError, match="no verifiers"):
         get_verifiers([])
@@ -272,3 +273,20 @@ def test_steps_reward_skips_rows_without_steps() -> None:
     solutions = ["The largest is 9. The answer is 9.", "The answer is 9.", None]
     assert steps_reward(["p"] * 3, completions, solution=solutions) == [1.0, None, None]
     assert steps_reward(["p"], completions[:1]) == [None]
+
+
+def test_reply_reward_scores_instruction_rows_only() -> None:
+    completions = ["Mira lives in Ashford.", " Mira lives in Ashford.\n", "Mira lives in Oakdale.", "The answer is 4."]
+    reference = ["Mira lives in Ashford.", "Mira lives in Ashford.", "Mira lives in Ashford.", None]
+    assert reply_reward([None] * 4, completions, reference=reference) == [1.0, 1.0, 0.0, None]
+    # a padded reply is not the ideal one
+    assert reply_reward([None], ["Mira lives in Ashford. I hope that this helps."], reference=["Mira lives in Ashford."]) == [0.0]
+    assert reply_reward([None, None], ["a", "b"]) == [None, None]  # no reference column: problems only
+    with pytest.raises(ValueError, match="2 completions but 1 references"):
+        reply_reward([None, None], ["a", "b"], reference=["a"])
+
+
+def test_format_reward_skips_rows_without_an_answer() -> None:
+    replies = ["3 + 1 = 4. The answer is 4.", "Mira lives in Ashford."]
+    assert format_reward([None, None], replies, answer=["4", None]) == [1.0, None]
+    assert format_reward([None, None], replies) == [1.0, 0.0]

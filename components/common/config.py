@@ -143,6 +143,12 @@ class InstructionDataConfig(_Strict):
     heldout_fraction: float = Field(default=0.05, gt=0, lt=1)
     num_train: int = Field(default=4000, ge=1)
     num_heldout: int = Field(default=210, ge=1)
+    flawed_share: float = Field(
+        default=0.4, ge=0, lt=1,
+        description="Share of generated training demonstrations written in a style the labeler "
+        "dislikes (padded or with a rude remark), as a crowd of demonstrators writes them: the gap "
+        "preference tuning closes. 0 = every demonstration is the labeler's ideal reply.",
+    )
 
 
 class PreferenceDataConfig(_Strict):
@@ -296,6 +302,11 @@ class RlvrStageConfig(_Strict):
     max_new_tokens: int = Field(default=40, ge=1)
     rewards: list[str] = Field(default_factory=lambda: ["correct", "format"], description="Verifier names.")
     reward_weights: list[float] | None = None
+    instruction_share: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Share of RLVR training rows that are instruction prompts rewarded by the "
+        "'reply' verifier (exact ideal reply), so chat behaviour is trained alongside the problems.",
+    )
     warmup_steps: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=20, ge=1)
     log_every: int = Field(default=5, ge=1)
@@ -305,6 +316,8 @@ class RlvrStageConfig(_Strict):
     def _weights_match(self) -> "RlvrStageConfig":
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ValueError("rlvr.reward_weights must have one weight per entry of rlvr.rewards")
+        if self.instruction_share > 0 and "reply" not in self.rewards:
+            raise ValueError("rlvr.instruction_share > 0 needs the 'reply' verifier in rlvr.rewards")
         return self
 
 

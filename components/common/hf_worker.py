@@ -24,6 +24,7 @@ from components.common.config import Config
 from components.common.deepspeed_config import build_deepspeed_config, resolve_precision
 from components.common.ds_checkpoint import write_owner
 from components.common.metrics_sink import MetricsSink
+from components.common.scratch import scratch_dir
 from components.common.progress import StepTimer
 
 log = logging.getLogger("fromscratch.worker")
@@ -41,14 +42,14 @@ def worker_setup(cfg: Config) -> tuple[int, int]:
 def fetch_checkpoint(uri: str) -> Path:
     """A local copy of a finished checkpoint folder (kept for the worker's lifetime)."""
     storage.require_complete(uri, "checkpoint")
-    return storage.download_dir(uri, tempfile.mkdtemp(prefix="ckpt-"))
+    return storage.download_dir(uri, scratch_dir("ckpt"))
 
 
 def common_training_args(cfg: Config, stage: Any, prefix: str) -> dict[str, Any]:
     """The TrainingArguments every TRL trainer here shares, from a stage's config section
     (steps, micro_batch_size, grad_accum, lr, warmup_steps, checkpoint_every, log_every)."""
     return {
-        "output_dir": tempfile.mkdtemp(prefix=f"{prefix}-"),
+        "output_dir": str(scratch_dir(prefix)),
         "max_steps": stage.steps,
         "per_device_train_batch_size": stage.micro_batch_size,
         "gradient_accumulation_steps": stage.grad_accum,
@@ -169,7 +170,7 @@ def restored_checkpoint() -> tuple[str | None, int]:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None, 0
-    local = checkpoint.to_directory(tempfile.mkdtemp(prefix="restore-"))
+    local = checkpoint.to_directory(str(scratch_dir("restore")))
     path = Path(local) / "checkpoint"
     state = path / "trainer_state.json"
     step = 0

@@ -25,7 +25,8 @@ from components.common.stage import StageContext, stage_context
 from components.common.tracking import DatasetRef
 from components.data_prep.chat_loaders import load_instruction_sources
 from components.data_prep.corpus import _stream_seed, generate_corpus
-from components.data_prep.instructions import Example, generate_instructions, to_record
+from components.data_prep.demonstrations import flaw_demonstrations
+from components.data_prep.instructions import REPLY_FORMATS, Example, generate_instructions, to_record
 from components.data_prep.loaders import load_corpus
 from components.data_prep.preferences import PreferencePair, generate_preferences
 from components.data_prep.preferences import to_record as pair_record
@@ -183,6 +184,16 @@ def _checkpoint_tokenizer(uri: str | None) -> Any:
         return load_tokenizer(local)
 
 
+def instruction_row(example: Example) -> dict[str, Any]:
+    """An instruction prompt and its ideal reply, for RLVR's ``reply`` verifier (exact match).
+
+    RLVR mixes a share of these into its problems (``rlvr.instruction_share``): rewarded for
+    answering instructions exactly as taught, the policy keeps its chat behaviour while the
+    problems pull it elsewhere (the KL term only sees the prompts it is trained on).
+    """
+    return {"id": example.id, "family": example.family, "prompt": example.prompt_messages, "reference": example.answer}
+
+
 def _chat_text(example: Example) -> str:
     return "\n".join(m["content"] for m in example.messages)
 
@@ -210,6 +221,14 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
     pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout)
     log.info("preference pairs: %d train / %d held-out from %s", len(pref_train), len(pref_heldout), pref_source)
+    retention = [instruction_row(e) for e in sft_train if e.family in REPLY_FORMATS]  # ideal replies
+    flaws: dict[str, int] = {}
+    if not cfg.data.instructions.sources and cfg.data.instructions.flawed_share:
+        # after the preference pairs, whose chosen replies are the ideal ones
+        sft_train, counts = flaw_demonstrations(sft_train, cfg.data.instructions.flawed_share, cfg.seed)
+        flaws = dict(counts)
+        log.info("instructions: %d train demonstrations flawed (%s)", sum(flaws.values()),
+                 ", ".join(f"{k} {n}" for k, n in sorted(flaws.items())))
     if num_sft_problems:  # after the preference pairs, which stay on the instruction prompts
         sft_train = _mix_problems(sft_train, rlvr_train[:num_sft_problems], cfg.seed)
         log.info("instructions: %d of %d train examples are worked problems", num_sft_problems, len(sft_train))
@@ -256,6 +275,8 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         uri = storage.join(out, "rlvr", f"{split}.jsonl")
         digest = _write_jsonl(uri, [problem_record(p) for p in problems])
         rlvr[split] = {"uri": uri, "digest": digest, "num_examples": len(problems)}
+    uri = storage.join(out, "rlvr", "instructions.jsonl")
+    rlvr["instructions"] = {"uri": uri, "digest": _write_jsonl(uri, retention), "num_examples": len(retention)}
     if world is not None:
         storage.write_json(storage.join(out, "world.json"), world)
 
@@ -276,7 +297,7 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
             }
             for split, s in splits.items()
         },
-        "sft": {"source": sft_source, "num_problem_examples": num_sft_problems, **sft},
+        "sft": {"source": sft_source, "num_problem_examples": num_sft_problems, "flawed_demonstrations": flaws, **sft},
         "preference": {"source": pref_source, **preference},
         "rlvr": {"source": rlvr_source, **rlvr},
         "start": start.to_json(),
@@ -299,14 +320,16 @@ def dataset_refs(manifest: dict[str, Any], kinds: tuple[str, ...] | None = None)
         kinds = tuple(kind for kind in DATASET_KINDS if kind in manifest)
     refs = []
     for kind in kinds:
-        for split in ("train", "heldout"):
+        for split in ("train", "heldout", "instructions"):
+            if split == "instructions" and split not in manifest[kind]:
+                continue  # only rlvr has them (and manifests written before they existed do not)
             info = manifest[kind][split]
             refs.append(
                 DatasetRef(
                     name=f"{kind}-{split}",
                     uri=info["uri"],
                     digest=info["digest"],
-                    context="training" if split == "train" else "evaluation",
+                    context="evaluation" if split == "heldout" else "training",
                 )
             )
     return refs

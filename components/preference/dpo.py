@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.common.scratch import cleans_scratch
 
+
+@cleans_scratch
 def dpo_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     from trl import DPOConfig, DPOTrainer

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from components.common.scratch import cleans_scratch
+
 def unique_prompts(records: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
     """The distinct prompts of the preference pairs, in a stable order."""
     seen: dict[str, list[dict[str, str]]] = {}
@@ -32,6 +34,7 @@ def prompt_batch(prompts: list, iteration: int, per_worker: int, rank: int, worl
     return batch[rank::world]
 
 
+@cleans_scratch
 def ppo_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     import deepspeed

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from components.common.scratch import cleans_scratch
+
 
 def load_reward_model(path: str, pad_token_id: int):
     """The SFT checkpoint with a fresh 1-logit head (or a trained reward model)."""
@@ -45,6 +47,7 @@ def reward_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
+@cleans_scratch
 def reward_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     from trl import RewardConfig, RewardTrainer

@@ -23,6 +23,7 @@ import torch
 
 from components.common.hf_worker import SUMMARY_FILE
 from components.common.progress import StepTimer
+from components.common.scratch import cleans_scratch, scratch_dir
 
 log = logging.getLogger("fromscratch.pretrain")
 
@@ -102,6 +103,7 @@ def _save_hf_model(
         storage.upload_dir(tmp, out_uri)
 
 
+@cleans_scratch
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     import deepspeed
@@ -131,7 +133,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory() as init_dir:
         storage.download_dir(config["init_uri"], init_dir)
         model = load_model(init_dir)
-        tokenizer_dir = tempfile.mkdtemp(prefix="tok-")
+        tokenizer_dir = scratch_dir("tok")
         for name in os.listdir(init_dir):
             if "token" in name or name.endswith(".jinja"):
                 Path(tokenizer_dir, name).write_bytes(Path(init_dir, name).read_bytes())

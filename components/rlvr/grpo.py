@@ -11,30 +11,58 @@ measures rollout throughput so the benchmark can compare it with plain ``model.g
 
 from __future__ import annotations
 
+import random
 import time
 from types import SimpleNamespace
 from typing import Any
 
 from components.common.config import Config, RlvrStageConfig
+from components.common.scratch import cleans_scratch
 
 
-def problems_dataset(records: list[dict[str, Any]]):
+def problems_dataset(
+    records: list[dict[str, Any]],
+    instructions: list[dict[str, Any]] | None = None,
+    instruction_share: float = 0.0,
+    seed: int = 0,
+):
     """GRPO rows: a conversational ``prompt`` plus the columns the verifiers read (``answer``,
-    ``solution``) and the ones the logs group by (``family``, ``difficulty``)."""
+    ``solution``, ``reference``) and the ones the logs group by (``family``, ``difficulty``).
+
+    With ``instruction_share`` > 0, instruction rows (data_prep's ``rlvr/instructions.jsonl``:
+    a prompt and its ideal reply as ``reference``) are drawn, seeded, until they make up that
+    share of all rows, then shuffled in. Problem rows have no reference and instruction rows
+    no answer, so each verifier scores only the rows it applies to (``None`` elsewhere).
+    """
     from datasets import Dataset
 
-    return Dataset.from_list(
-        [
+    rows = [
+        {
+            "prompt": r["prompt"],
+            "answer": str(r["answer"]),
+            "family": r.get("family", "user"),
+            "difficulty": int(r.get("difficulty", 1)),
+            "solution": r.get("solution"),
+            "reference": None,
+        }
+        for r in records
+    ]
+    if instruction_share > 0 and instructions:
+        rng = random.Random(seed)
+        count = round(len(rows) * instruction_share / (1 - instruction_share))
+        rows += [
             {
                 "prompt": r["prompt"],
-                "answer": str(r["answer"]),
-                "family": r.get("family", "user"),
-                "difficulty": int(r.get("difficulty", 1)),
-                "solution": r.get("solution"),
+                "answer": None,
+                "family": r.get("family", "instruction"),
+                "difficulty": 1,
+                "solution": None,
+                "reference": r["reference"],
             }
-            for r in records
+            for r in (rng.choice(instructions) for _ in range(count))
         ]
-    )
+        rng.shuffle(rows)
+    return Dataset.from_list(rows)
 
 
 def trainer_batch(rc: RlvrStageConfig) -> SimpleNamespace:
@@ -115,6 +143,7 @@ def build_trainer(cfg: Config, model, tokenizer, train, **overrides: Any):
     )
 
 
+@cleans_scratch
 def rlvr_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     from components.common import hf_worker, storage
@@ -127,7 +156,10 @@ def rlvr_train_loop(config: dict[str, Any]) -> None:
     source = hf_worker.fetch_checkpoint(config["base_uri"])
     tokenizer = load_tokenizer(source)
     model = load_model(source)
-    train = problems_dataset(storage.read_jsonl(config["train_uri"]))
+    instructions = storage.read_jsonl(config["instructions_uri"]) if config.get("instructions_uri") else None
+    train = problems_dataset(
+        storage.read_jsonl(config["train_uri"]), instructions, cfg.rlvr.instruction_share, cfg.seed
+    )
     trainer = build_trainer(cfg, model, tokenizer, train)
     def rollout_summary() -> dict[str, Any]:
         seconds = trainer.rollout_seconds

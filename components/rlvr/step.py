@@ -35,6 +35,7 @@ def run_rlvr(cfg: Config, run_id: str, data: str, base: dict[str, str]) -> dict[
                 "cfg": cfg.to_json(),
                 "base_uri": base["uri"],
                 "train_uri": manifest["rlvr"]["train"]["uri"],
+                "instructions_uri": manifest["rlvr"].get("instructions", {}).get("uri"),
             },
             parent_model_id=base.get("model_id") or None,
             datasets=[r for r in dataset_refs(manifest, ("rlvr",)) if r.context == "training"],

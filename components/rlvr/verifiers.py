@@ -241,9 +241,35 @@ def correctness_reward(
     ]
 
 
-def format_reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-    """``format_score`` of each completion: 1.0 / 0.5 / 0.0, independent of correctness."""
-    return [format_score(completion_text(c)) for c in completions]
+def format_reward(
+    prompts: Sequence[Any], completions: Sequence[Any], answer: Sequence[str | None] | None = None, **kwargs: Any
+) -> list[float | None]:
+    """``format_score`` of each completion: 1.0 / 0.5 / 0.0, independent of correctness;
+    ``None`` for rows without an ``answer`` (instruction rows, whose replies have no final
+    answer sentence and must not be pushed to grow one)."""
+    if answer is None:
+        return [format_score(completion_text(c)) for c in completions]
+    return [None if a is None else format_score(completion_text(c)) for c, a in zip(completions, answer)]
+
+
+def reply_reward(
+    prompts: Sequence[Any], completions: Sequence[Any], reference: Sequence[str | None] | None = None, **kwargs: Any
+) -> list[float | None]:
+    """1.0 per completion that is exactly the row's ``reference`` reply (surrounding whitespace
+    ignored), else 0.0; ``None`` for rows without one (the problems).
+
+    The instruction rows RLVR mixes in (``rlvr.instruction_share``) have one canonical reply
+    each, so following the instruction is as checkable as a final answer: the same exact
+    match evaluation's instruction accuracy uses.
+    """
+    if reference is None:
+        return [None] * len(completions)
+    if len(reference) != len(completions):
+        raise ValueError(f"{len(completions)} completions but {len(reference)} references")
+    return [
+        None if r is None else float(completion_text(c).strip() == str(r).strip())
+        for c, r in zip(completions, reference)
+    ]
 
 
 _SENTENCE_RE = re.compile(r"(?<=\.)\s+")
@@ -288,9 +314,15 @@ def steps_reward(
 correctness_reward.__name__ = "correct"
 format_reward.__name__ = "format"
 steps_reward.__name__ = "steps"
+reply_reward.__name__ = "reply"
 
 RewardFn = Callable[..., list[float | None]]
-VERIFIERS: dict[str, RewardFn] = {"correct": correctness_reward, "format": format_reward, "steps": steps_reward}
+VERIFIERS: dict[str, RewardFn] = {
+    "correct": correctness_reward,
+    "format": format_reward,
+    "steps": steps_reward,
+    "reply": reply_reward,
+}
 
 
 def get_verifiers(names: Sequence[str]) -> list[RewardFn]:

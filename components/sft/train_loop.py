@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from components.common.scratch import cleans_scratch
+
 
 def build_sft_dataset(
     tokenizer, conversations: list[list[dict[str, str]]], replay_docs: list[str], max_length: int, seed: int
@@ -46,6 +48,7 @@ def replay_sample(docs: list[str], count: int, seed: int) -> list[str]:
     return [docs[rng.randrange(len(docs))] for _ in range(count)]
 
 
+@cleans_scratch
 def sft_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     from trl import SFTConfig, SFTTrainer

@@ -1,0 +1,53 @@
+"""Per-process scratch folders that do not outlive the training function that made them.
+
+Why: every Ray Train worker fetches its starting checkpoint, gives the HF trainer an output
+folder and unpacks a restored checkpoint, each into a fresh temporary folder. Ray ends worker
+processes without running ``atexit`` hooks, so folders made with a bare ``mkdtemp`` stayed
+behind: a few runs on a laptop left gigabytes in ``/tmp``. Here every such folder lives under
+one root per process, and ``cleans_scratch`` removes that root when the training function
+returns or raises (the copies are not needed after that: results are already in storage).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+_root: Path | None = None
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def scratch_dir(prefix: str) -> Path:
+    """A new empty folder under this process' scratch root."""
+    global _root
+    if _root is None or not _root.is_dir():
+        _root = Path(tempfile.mkdtemp(prefix="fromscratch-scratch-"))
+        atexit.register(clear_scratch)  # a plain process exit cleans up too
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=_root))
+
+
+def clear_scratch() -> None:
+    """Remove this process' scratch root and everything in it (safe to call twice)."""
+    global _root
+    if _root is not None:
+        shutil.rmtree(_root, ignore_errors=True)
+        _root = None
+
+
+def cleans_scratch(fn: F) -> F:
+    """Decorate a training function: its scratch folders are removed when it ends."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            clear_scratch()
+
+    return wrapper  # type: ignore[return-value]
