@@ -4,6 +4,8 @@ resilience: a PPO run killed mid-way resumes from its checkpoint with the same s
 from __future__ import annotations
 
 import os
+import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -43,12 +45,16 @@ def test_generated_pairs_follow_the_oracle_and_round_trip():
     world = build_world(7, 20)
     train, held = generate_instructions(world, 7, 300, 40)
     pairs, held_pairs = generate_preferences(world, train, held, 7, 200, 30)
-    assert {p.kind for p in pairs} == {"wrong", "evasive", "truncated", "rambling", "rude"}
+    assert {p.kind for p in pairs} == {"wrong", "evasive", "truncated", "rambling", "rude", "off_topic"}
     for pair in pairs + held_pairs:
         assert oracle_score(pair.chosen, pair.reference, pair.family) > oracle_score(pair.rejected, pair.reference, pair.family)
         assert from_record(to_record(pair)) == pair
     held_prompts = {p.prompt[-1]["content"] for p in held_pairs}
     assert not held_prompts & {p.prompt[-1]["content"] for p in pairs}
+    # an off-topic reply is a fine answer to a prompt of another family
+    families = {e.answer: e.family for e in train}
+    off = [p for p in pairs if p.kind == "off_topic"]
+    assert off and all(families[p.rejected] != p.family for p in off)
 
 
 def _sft_checkpoint(cfg, run_id):
@@ -91,8 +97,45 @@ def test_killed_ppo_worker_resumes_with_the_same_step_count(make_config, local_r
 
 @pytest.mark.slow
 def test_dpo_variant_trains(make_config, local_ray):
-    cfg = make_config(*TINY_STAGES, "preference.algorithm=dpo", "preference.dpo.steps=20", "preference.dpo.checkpoint_every=20")
+    cfg = make_config(
+        *TINY_STAGES, "preference.algorithm=dpo", "preference.dpo.steps=20", "preference.dpo.checkpoint_every=20",
+        "preference.dpo.sft_weight=1.0",  # DPO + likelihood on the chosen replies (RPO) through TRL
+    )
     manifest, sft = _sft_checkpoint(cfg, "dpo")
     out = run_preference(cfg, "dpo", manifest["data_uri"], sft)
     assert out["algorithm"] == "dpo" and storage.is_complete(out["policy"]["uri"])
     assert Tracker(cfg).lineage(out["policy"]["model_id"])[0]["stage"] == "dpo"
+
+
+def test_reward_model_batches_hold_pairs_of_similar_length():
+    from datasets import Dataset
+    from trl import RewardTrainer
+
+    from components.preference.reward import length_grouped_trainer
+
+    rng = random.Random(0)
+    rows, longest = [], []
+    for _ in range(800):  # the longer side decides the padding, whichever side it is
+        n, short = rng.randint(5, 70), rng.randint(1, 5)
+        pair = [[1] * n, [1] * short] if rng.random() < 0.5 else [[1] * short, [1] * n]
+        rows.append({"chosen_ids": pair[0], "rejected_ids": pair[1]})
+        longest.append(n)
+    trainer = SimpleNamespace(
+        train_dataset=Dataset.from_list(rows),
+        args=SimpleNamespace(train_batch_size=4, gradient_accumulation_steps=1, seed=3),
+    )
+    sampler = length_grouped_trainer(RewardTrainer)._get_train_sampler
+    order = list(sampler(trainer))
+    assert sorted(order) == list(range(len(rows)))
+    batches = [[longest[i] for i in order[k : k + 4]] for k in range(0, len(order), 4)]
+    useful = sum(sum(b) for b in batches) / sum(max(b) * len(b) for b in batches)
+    assert useful > 0.9  # shuffled batches of 4 are about two-thirds useful tokens here
+    assert list(sampler(trainer)) == order  # seeded: every worker draws the same batches
+
+
+def test_dpo_loss_is_plain_or_with_a_likelihood_term(make_config):
+    from components.preference.dpo import dpo_loss_args
+
+    assert dpo_loss_args(make_config().preference.dpo.model_copy(update={"sft_weight": 0.0})) == {"loss_type": ["sigmoid"]}
+    rpo = dpo_loss_args(make_config("preference.dpo.sft_weight=0.5").preference.dpo)
+    assert rpo == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}

@@ -277,6 +277,12 @@ class DPOStageConfig(_Strict):
     grad_accum: int = Field(default=1, ge=1)
     lr: float = Field(default=1e-4, gt=0)
     beta: float = Field(default=0.1, gt=0)
+    sft_weight: float = Field(
+        default=0.0, ge=0,
+        description="Weight of an extra negative log-likelihood term on the chosen replies (RPO). "
+        "Plain DPO may lower the chosen replies' likelihood too and derail prompts the model is "
+        "unsure of; this term keeps it producing them.",
+    )
     warmup_steps: int = Field(default=10, ge=0)
     max_length: int = Field(default=256, ge=16)
     checkpoint_every: int = Field(default=100, ge=1)

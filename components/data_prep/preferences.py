@@ -4,7 +4,7 @@ Real preference data comes from people choosing the better of two replies. The e
 default stands in for such a labeler with a stated, checkable taste — the *oracle*:
 
 1. a correct answer beats a wrong one,
-2. an answer beats an evasion,
+2. an answer beats an evasion, and an answer to this question beats one to another,
 3. a complete answer beats one cut off mid-way, and a concise one beats a rambling one,
 4. a polite reply beats a rude one.
 
@@ -41,7 +41,7 @@ class PreferencePair:
     chosen: str
     rejected: str
     reference: str | None  # the correct reply when known (generated data); None for user data
-    kind: str  # why ``rejected`` loses: wrong / evasive / truncated / rambling / rude / user
+    kind: str  # why ``rejected`` loses: wrong / evasive / truncated / rambling / rude / off_topic / user
 
 
 def oracle_score(reply: str, reference: str | None, family: str) -> float:
@@ -112,14 +112,34 @@ def _wrong_answer(example: Example, world: World, rng: random.Random) -> str | N
     return None
 
 
-def make_pair(example: Example, world: World, rng: random.Random, index: int, split: str) -> PreferencePair:
-    """One pair for one prompt: the reference reply against a dispreferred variant."""
+def _off_topic(example: Example, others: list[Example], rng: random.Random) -> str | None:
+    """A well-formed reply to a prompt of another family, or None where there is none."""
+    candidates = [o for o in others if o.family != example.family]
+    if not candidates:
+        return None
+    reply = rng.choice(candidates).answer
+    return reply if oracle_score(reply, example.answer, example.family) < oracle_score(example.answer, example.answer, example.family) else None
+
+
+def make_pair(
+    example: Example, world: World, rng: random.Random, index: int, split: str, others: list[Example] | None = None
+) -> PreferencePair:
+    """One pair for one prompt: the reference reply against a dispreferred variant.
+
+    ``others`` (the split's other examples) supply "off_topic" replies: a fine answer to a
+    different question.
+    """
     # "truncated" matters for RL: a reward model that only ever saw long bad replies learns
     # "shorter is better", and PPO then cuts answers off mid-sentence to please it.
-    kinds = ["wrong", "wrong", "evasive", "truncated", "rambling", "rude"]
+    # "off_topic" too: without it the reward model had never seen a reply to another question
+    # and scored "Zara has a horse." above a wrong upper-casing; PPO then answered every
+    # prompt it could not solve with a fact (measured: compliance 0.72, oracle win 0.55).
+    kinds = ["wrong", "wrong", "evasive", "truncated", "rambling", "rude", "off_topic"]
     kind = rng.choice(kinds)
     rejected = _wrong_answer(example, world, rng) if kind == "wrong" else None
-    if rejected is None and kind == "wrong":
+    if kind == "off_topic":
+        rejected = _off_topic(example, others or [], rng)
+    if rejected is None and kind in ("wrong", "off_topic"):
         kind = "evasive"
     if kind == "evasive":
         rejected = rng.choice(EVASIONS)
@@ -130,7 +150,10 @@ def make_pair(example: Example, world: World, rng: random.Random, index: int, sp
     elif kind == "rambling":
         rejected = f"{example.answer} {rng.choice(FILLERS)} {rng.choice(FILLERS)}"
     elif kind == "rude":
-        rejected = f"{rng.choice(RUDE)} {example.answer}" if rng.random() < 0.5 else rng.choice(RUDE)
+        # rude before the answer, after it, or instead of it: the remark is what is disliked
+        rejected = rng.choice(
+            (f"{rng.choice(RUDE)} {example.answer}", f"{example.answer} {rng.choice(RUDE)}", rng.choice(RUDE))
+        )
     assert rejected is not None
     return PreferencePair(
         id=f"pref-{split}-{index}", family=example.family, prompt=example.prompt_messages,
@@ -144,8 +167,8 @@ def generate_preferences(
     """Pairs on the instruction prompts: held-in pairs from SFT train prompts, held-out pairs
     from SFT held-out prompts (so evaluation never scores a prompt the models trained on)."""
     rng_train, rng_held = random.Random(seed * 7 + 1), random.Random(seed * 7 + 2)
-    pairs_train = [make_pair(rng_train.choice(train), world, rng_train, i, "train") for i in range(num_train)]
-    pairs_held = [make_pair(heldout[i % len(heldout)], world, rng_held, i, "heldout") for i in range(num_heldout)]
+    pairs_train = [make_pair(rng_train.choice(train), world, rng_train, i, "train", train) for i in range(num_train)]
+    pairs_held = [make_pair(heldout[i % len(heldout)], world, rng_held, i, "heldout", heldout) for i in range(num_heldout)]
     for pair in pairs_train + pairs_held:  # the data must agree with the labeler it stands for
         if oracle_score(pair.chosen, pair.reference, pair.family) <= oracle_score(pair.rejected, pair.reference, pair.family):
             raise AssertionError(f"generated pair {pair.id} contradicts the oracle: {pair}")

@@ -19,6 +19,7 @@ from typing import Any
 
 from components.common.scratch import cleans_scratch
 
+
 def unique_prompts(records: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
     """The distinct prompts of the preference pairs, in a stable order."""
     seen: dict[str, list[dict[str, str]]] = {}

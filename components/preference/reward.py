@@ -3,6 +3,11 @@
 TRL's RewardTrainer trains it on chosen/rejected pairs with the pairwise (Bradley-Terry)
 loss, in Ray Train workers under DeepSpeed. The result is a sequence-classification model
 (one logit = the reward) that PPO queries and evaluation scores.
+
+Batches are grouped by length: the pairs' lengths vary threefold (a fact question against a
+list to reverse, a padded reply against a cut-off one), and with random batches over half of
+every forward pass was padding. Grouped batches train the same model about twice as many
+pairs per second, which buys the steps the reward model needs within the stage's budget.
 """
 
 from __future__ import annotations
@@ -47,6 +52,33 @@ def reward_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies
     return torch.cat(scores) if scores else torch.zeros(0)
 
 
+def pair_lengths(dataset) -> list[int]:
+    """The padded length each tokenized pair needs: its longer side."""
+    return [max(len(c), len(r)) for c, r in zip(dataset["chosen_ids"], dataset["rejected_ids"])]
+
+
+def length_grouped_trainer(base: type) -> type:
+    """``base`` (TRL's RewardTrainer) drawing batches of pairs of similar length.
+
+    transformers' own ``group_by_length`` looks for an ``input_ids`` column, which tokenized
+    preference pairs do not have; this hands its sampler the pairs' lengths instead. The
+    sampler's generator is seeded, so every worker draws the same order and the data loader
+    gives each its own share of the batches.
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class LengthGroupedRewardTrainer(base):  # type: ignore[misc, valid-type]
+        def _get_train_sampler(self, train_dataset=None):
+            dataset = self.train_dataset if train_dataset is None else train_dataset
+            return LengthGroupedSampler(
+                self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                lengths=pair_lengths(dataset),
+                generator=torch.Generator().manual_seed(self.args.seed),
+            )
+
+    return LengthGroupedRewardTrainer
+
+
 @cleans_scratch
 def reward_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
@@ -66,5 +98,7 @@ def reward_train_loop(config: dict[str, Any]) -> None:
     model = load_reward_model(str(source), tokenizer.pad_token_id)
     train = pairs_dataset(storage.read_jsonl(config["train_uri"]))
     args = RewardConfig(**hf_worker.common_training_args(cfg, rc, "reward"), max_length=rc.max_length)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
+    trainer = length_grouped_trainer(RewardTrainer)(
+        model=model, args=args, train_dataset=train, processing_class=tokenizer
+    )
     hf_worker.train_and_publish(trainer, tokenizer, rank, config)
