@@ -47,7 +47,7 @@ def test_instruction_share_needs_the_reply_verifier(make_config):
 
 
 def test_unknown_verifier_fails_before_training(make_config):
-    cfg = make_config("rlvr.rewards=['correct', 'vibes']")
+    cfg = make_config("rlvr.rewards=['correct', 'reply', 'vibes']")
     with pytest.raises(ValueError, match="vibes"):
         run_rlvr(cfg, "bad", "/nonexistent", {"uri": "/nonexistent"})
 
