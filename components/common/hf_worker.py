@@ -24,8 +24,8 @@ from components.common.config import Config
 from components.common.deepspeed_config import build_deepspeed_config, resolve_precision
 from components.common.ds_checkpoint import write_owner
 from components.common.metrics_sink import MetricsSink
-from components.common.scratch import scratch_dir
 from components.common.progress import StepTimer
+from components.common.scratch import scratch_dir
 
 log = logging.getLogger("fromscratch.worker")
 

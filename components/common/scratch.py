@@ -28,7 +28,6 @@ def scratch_dir(prefix: str) -> Path:
     global _root
     if _root is None or not _root.is_dir():
         _root = Path(tempfile.mkdtemp(prefix="fromscratch-scratch-"))
-        atexit.register(clear_scratch)  # a plain process exit cleans up too
     return Path(tempfile.mkdtemp(prefix=f"{prefix}-", dir=_root))
 
 
@@ -51,3 +50,6 @@ def cleans_scratch(fn: F) -> F:
             clear_scratch()
 
     return wrapper  # type: ignore[return-value]
+
+
+atexit.register(clear_scratch)  # a plain process exit cleans up too (a no-op without a root)

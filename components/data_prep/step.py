@@ -221,10 +221,8 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
     pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout)
     log.info("preference pairs: %d train / %d held-out from %s", len(pref_train), len(pref_heldout), pref_source)
-    retention = [instruction_row(e) for e in sft_train if e.family in REPLY_FORMATS]  # ideal replies
-    # The vocabulary comes from the corpus and the ideal replies: a thousand copies of "I hope
-    # that this helps." would otherwise buy their own merges and re-cut the corpus around them.
-    vocabulary_texts = [_chat_text(e) for e in sft_train] + [_chat_text(e) for e in to_sft_examples(rlvr_train[:num_sft_problems])]
+    ideal_train = sft_train  # before the flaws: RLVR's instruction rows and the vocabulary use these
+    retention = [instruction_row(e) for e in ideal_train if e.family in REPLY_FORMATS]
     flaws: dict[str, int] = {}
     if not cfg.data.instructions.sources and cfg.data.instructions.flawed_share:
         # after the preference pairs, whose chosen replies are the ideal ones
@@ -238,7 +236,12 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
 
     storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
     if start.is_random:
-        tokenizer = train_tokenizer(train_docs + vocabulary_texts, cfg.data.vocab_size, cfg.data.tokenizer_min_frequency)
+        # The vocabulary comes from the corpus and the ideal replies: a thousand copies of "I hope
+        # that this helps." would otherwise buy their own merges and re-cut the corpus around them.
+        ideal_sft = ideal_train + to_sft_examples(rlvr_train[:num_sft_problems])
+        tokenizer = train_tokenizer(
+            train_docs + [_chat_text(e) for e in ideal_sft], cfg.data.vocab_size, cfg.data.tokenizer_min_frequency
+        )
     else:  # the starting weights' own vocabulary: a new tokenizer would renumber it
         tokenizer = _checkpoint_tokenizer(start.uri)
         log.info("tokenizer: taken from %s", start.reason)
