@@ -313,6 +313,12 @@ class RlvrStageConfig(_Strict):
         description="Share of RLVR training rows that are instruction prompts rewarded by the "
         "'reply' verifier (exact ideal reply), so chat behaviour is trained alongside the problems.",
     )
+    guidance: float = Field(
+        default=0.0, ge=0, le=1,
+        description="Chance that a group in which no sampled reply is correct gets the problem's "
+        "worked solution as one of its replies (scored by the same verifiers), so problems the "
+        "policy never solves still teach it something. 0 = plain on-policy GRPO.",
+    )
     warmup_steps: int = Field(default=0, ge=0)
     checkpoint_every: int = Field(default=20, ge=1)
     log_every: int = Field(default=5, ge=1)
@@ -324,6 +330,11 @@ class RlvrStageConfig(_Strict):
             raise ValueError("rlvr.reward_weights must have one weight per entry of rlvr.rewards")
         if self.instruction_share > 0 and "reply" not in self.rewards:
             raise ValueError("rlvr.instruction_share > 0 needs the 'reply' verifier in rlvr.rewards")
+        if self.guidance > 0 and self.use_vllm:
+            raise ValueError(
+                "rlvr.guidance > 0 is not supported with rlvr.use_vllm (a guided reply has no vLLM "
+                "sampling log-probabilities); set one of them off"
+            )
         return self
 
 
