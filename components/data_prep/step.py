@@ -121,10 +121,11 @@ def _sft_problem_count(cfg: Config, problems_train: list[Problem]) -> int:
     return min(round(num_train * cfg.data.problems.sft_share), len(problems_train), num_train - 1)
 
 
-def _mix_problems(sft_train: list[Example], problems: list[Problem], seed: int) -> list[Example]:
-    """SFT training examples with the worked ``problems`` shuffled in (seeded), so SFT teaches
-    the "The answer is N." replies RLVR rewards without any batch being only problems."""
-    mixed = sft_train + to_sft_examples(problems)
+def _mix_problems(sft_train: list[Example], worked: list[Example], seed: int) -> list[Example]:
+    """SFT training examples with the ``worked`` problems (``to_sft_examples``) shuffled in
+    (seeded), so SFT teaches the "The answer is N." replies RLVR rewards without any batch
+    being only problems."""
+    mixed = sft_train + worked
     random.Random(_stream_seed(seed, "sft-problem-mix")).shuffle(mixed)
     return mixed
 
@@ -222,6 +223,7 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
     pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout)
     log.info("preference pairs: %d train / %d held-out from %s", len(pref_train), len(pref_heldout), pref_source)
     ideal_train = sft_train  # before the flaws: RLVR's instruction rows and the vocabulary use these
+    worked = to_sft_examples(rlvr_train[:num_sft_problems])
     retention = [instruction_row(e) for e in ideal_train if e.family in REPLY_FORMATS]
     flaws: dict[str, int] = {}
     if not cfg.data.instructions.sources and cfg.data.instructions.flawed_share:
@@ -231,14 +233,14 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         log.info("instructions: %d train demonstrations flawed (%s)", sum(flaws.values()),
                  ", ".join(f"{k} {n}" for k, n in sorted(flaws.items())))
     if num_sft_problems:  # after the preference pairs, which stay on the instruction prompts
-        sft_train = _mix_problems(sft_train, rlvr_train[:num_sft_problems], cfg.seed)
+        sft_train = _mix_problems(sft_train, worked, cfg.seed)
         log.info("instructions: %d of %d train examples are worked problems", num_sft_problems, len(sft_train))
 
     storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
     if start.is_random:
         # The vocabulary comes from the corpus and the ideal replies: a thousand copies of "I hope
         # that this helps." would otherwise buy their own merges and re-cut the corpus around them.
-        ideal_sft = ideal_train + to_sft_examples(rlvr_train[:num_sft_problems])
+        ideal_sft = ideal_train + worked
         tokenizer = train_tokenizer(
             train_docs + [_chat_text(e) for e in ideal_sft], cfg.data.vocab_size, cfg.data.tokenizer_min_frequency
         )
