@@ -71,3 +71,9 @@ def test_reference_tokens_are_the_assistant_turn_as_sft_renders_it():
     )
     assert list(full[: len(prompt_ids) + len(ids)]) == list(prompt_ids) + ids
     assert len(reference_completion_ids(tok, PROMPT, SOLUTION, 3)) == 3  # cut like a sampled reply
+
+
+def test_guidance_with_vllm_is_a_config_error(make_config):
+    with pytest.raises(Exception, match="rlvr.guidance > 0 is not supported with rlvr.use_vllm"):
+        make_config("rlvr.guidance=1.0", "rlvr.use_vllm=true")
+    assert make_config("rlvr.guidance=0.0", "rlvr.use_vllm=true").rlvr.use_vllm
