@@ -24,9 +24,10 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
-from components.common.config import Config, ConfigError, load_config
+from components.common.config import Config, load_config
 
 # What ``--from-champion`` adds to the ``overrides`` parameter: data_prep resolves the
 # registry's champion when each scheduled run starts (not now), takes its tokenizer, and
@@ -113,12 +114,21 @@ def make_client(host: str, namespace: str) -> Any:
     return kfp.Client(host=host, namespace=namespace, existing_token=os.environ.get("KFP_TOKEN") or None)
 
 
-def compile_package(cfg: Config, output: str | None) -> Path:
+@contextmanager
+def compiled_package(cfg: Config, output: str | None) -> Iterator[Path]:
+    """The compiled pipeline YAML: at ``--output`` (kept), or in a temporary folder that is
+    removed when the command is done with it (CI submits many times a day)."""
     from pipelines.cluster import compile_pipeline
 
-    path = Path(output) if output else Path(tempfile.mkdtemp(prefix="fromscratch-")) / "pipeline.yaml"
-    compile_pipeline(cfg, path)
-    return path
+    if output:
+        path = Path(output)
+        compile_pipeline(cfg, path)
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="fromscratch-") as tmp:
+        path = Path(tmp) / "pipeline.yaml"
+        compile_pipeline(cfg, path)
+        yield path
 
 
 def run_arguments(args: argparse.Namespace, package: Path) -> dict[str, str]:
@@ -173,76 +183,76 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_submit(args: argparse.Namespace) -> int:
     cfg = _config(args)
     host = kfp_host(args)
-    package = compile_package(cfg, args.output)
-    arguments = run_arguments(args, package)
-    client = make_client(host, args.namespace or cfg.kubernetes.namespace)
-    result = client.create_run_from_pipeline_package(
-        str(package),
-        arguments=arguments,
-        run_name=args.run_name,
-        experiment_name=args.experiment or cfg.tracking.experiment,
-        enable_caching=False,
-        service_account=args.service_account or cfg.kubernetes.service_account,
-    )
-    run_id = result.run_id
-    print(f"submitted run {run_id}: {host}/#/runs/details/{run_id}")
-    if not args.wait:
-        return 0
-    run = client.wait_for_run_completion(run_id, timeout=args.timeout)
-    state = str(getattr(run, "state", "") or "").upper()
-    print(f"run {run_id} finished: {state or 'unknown state'}")
-    return 0 if state == "SUCCEEDED" else 1
+    with compiled_package(cfg, args.output) as package:
+        arguments = run_arguments(args, package)
+        client = make_client(host, args.namespace or cfg.kubernetes.namespace)
+        result = client.create_run_from_pipeline_package(
+            str(package),
+            arguments=arguments,
+            run_name=args.run_name,
+            experiment_name=args.experiment or cfg.tracking.experiment,
+            enable_caching=False,
+            service_account=args.service_account or cfg.kubernetes.service_account,
+        )
+        run_id = result.run_id
+        print(f"submitted run {run_id}: {host}/#/runs/details/{run_id}")
+        if not args.wait:
+            return 0
+        run = client.wait_for_run_completion(run_id, timeout=args.timeout)
+        state = str(getattr(run, "state", "") or "").upper()
+        print(f"run {run_id} finished: {state or 'unknown state'}")
+        return 0 if state == "SUCCEEDED" else 1
 
 
 def cmd_upload(args: argparse.Namespace) -> int:
     cfg = _config(args)
     host = kfp_host(args)
-    package = compile_package(cfg, args.output)
-    client = make_client(host, args.namespace or cfg.kubernetes.namespace)
-    upload_version(
-        client, package, args.name or cfg.pipeline.name, args.version or default_version_name(package),
-        args.description or f"fromscratch {cfg.preset} preset",
-    )
-    return 0
+    with compiled_package(cfg, args.output) as package:
+        client = make_client(host, args.namespace or cfg.kubernetes.namespace)
+        upload_version(
+            client, package, args.name or cfg.pipeline.name, args.version or default_version_name(package),
+            args.description or f"fromscratch {cfg.preset} preset",
+        )
+        return 0
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     cfg = _config(args)
     cron = validate_cron(args.cron)
     host = kfp_host(args)
-    package = compile_package(cfg, args.output)
-    params = run_arguments(args, package)
-    client = make_client(host, args.namespace or cfg.kubernetes.namespace)
-    pipeline_name = args.name or cfg.pipeline.name
-    pipeline_id, version_id = upload_version(
-        client, package, pipeline_name, args.version or default_version_name(package),
-        f"fromscratch {cfg.preset} preset",
-    )
-    experiment = client.create_experiment(args.experiment or cfg.tracking.experiment, namespace=args.namespace)
-    job_name = args.job_name or f"{pipeline_name}-retrain"
-    if args.replace:
-        listed = client.list_recurring_runs(
-            experiment_id=experiment.experiment_id, filter=_filter_by_name(job_name)
+    with compiled_package(cfg, args.output) as package:
+        params = run_arguments(args, package)
+        client = make_client(host, args.namespace or cfg.kubernetes.namespace)
+        pipeline_name = args.name or cfg.pipeline.name
+        pipeline_id, version_id = upload_version(
+            client, package, pipeline_name, args.version or default_version_name(package),
+            f"fromscratch {cfg.preset} preset",
         )
-        for old in getattr(listed, "recurring_runs", None) or []:
-            client.delete_recurring_run(old.recurring_run_id)
-            print(f"replaced recurring run {job_name} ({old.recurring_run_id})")
-    recurring = client.create_recurring_run(
-        experiment_id=experiment.experiment_id,
-        job_name=job_name,
-        description=f"retrain {pipeline_name} on '{cron}'"
-        + (" from the champion" if args.from_champion or cfg.pretrain.init_from == "champion" else ""),
-        cron_expression=cron,
-        max_concurrency=1,
-        no_catchup=True,
-        params=params,
-        pipeline_id=pipeline_id,
-        version_id=version_id,
-        enable_caching=False,
-        service_account=args.service_account or cfg.kubernetes.service_account,
-    )
-    print(f"scheduled {job_name} ({recurring.recurring_run_id}) on '{cron}'")
-    return 0
+        experiment = client.create_experiment(args.experiment or cfg.tracking.experiment, namespace=args.namespace)
+        job_name = args.job_name or f"{pipeline_name}-retrain"
+        if args.replace:
+            listed = client.list_recurring_runs(
+                experiment_id=experiment.experiment_id, filter=_filter_by_name(job_name)
+            )
+            for old in getattr(listed, "recurring_runs", None) or []:
+                client.delete_recurring_run(old.recurring_run_id)
+                print(f"replaced recurring run {job_name} ({old.recurring_run_id})")
+        recurring = client.create_recurring_run(
+            experiment_id=experiment.experiment_id,
+            job_name=job_name,
+            description=f"retrain {pipeline_name} on '{cron}'"
+            + (" from the champion" if args.from_champion or cfg.pretrain.init_from == "champion" else ""),
+            cron_expression=cron,
+            max_concurrency=1,
+            no_catchup=True,
+            params=params,
+            pipeline_id=pipeline_id,
+            version_id=version_id,
+            enable_caching=False,
+            service_account=args.service_account or cfg.kubernetes.service_account,
+        )
+        print(f"scheduled {job_name} ({recurring.recurring_run_id}) on '{cron}'")
+        return 0
 
 
 def _handle(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -918,6 +918,17 @@ def test_submit_wait_follows_the_run_state(kfp_server, monkeypatch, capsys, stat
     assert f"finished: {states[-1]}" in capsys.readouterr().out
 
 
+def test_submit_without_output_leaves_no_compiled_yaml_behind(kfp_server, monkeypatch, tmp_path):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert _run_cli(kfp_server, "submit", "--host", kfp_server.url) == 0
+    assert _run_cli(kfp_server, "upload", "--host", kfp_server.url) == 0
+    assert kfp_server.sent("POST /runs") and list(scratch.iterdir()) == []
+
+
 def test_submit_reuses_the_experiment_of_its_namespace(kfp_server):
     existing = kfp_server.add_experiment("fromscratch", namespace="team-a")
     assert _run_cli(kfp_server, "submit", "--host", kfp_server.url, "--namespace", "team-a") == 0
