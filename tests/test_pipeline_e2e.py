@@ -34,7 +34,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         "preference.reward.steps=60", "preference.reward.checkpoint_every=60",
         "preference.ppo.iterations=6", "preference.ppo.checkpoint_every=6", "preference.ppo.prompts_per_worker=8",
         "data.problems.num_train=300", "data.problems.num_heldout=30", "rlvr.steps=4", "rlvr.checkpoint_every=4",
-        "rlvr.prompts_per_step=2", "rlvr.num_generations=4", "evaluate.pass_k=2",
+        "rlvr.prompts_per_step=2", "rlvr.num_generations=4", "evaluate.pass_k=2", "evaluate.preference_samples=2",
         # the half-size model of this test, 300 SFT steps, follows padded demonstrations more
         # often than the tiny one (greedy compliance 0.80 at the tiny preset's 0.4)
         "data.instructions.flawed_share=0.2",

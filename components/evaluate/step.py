@@ -46,6 +46,8 @@ class Suites:
     instructions: list[Example]
     problems: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[PreferencePair] = field(default_factory=list)
+    # the pairs the win rates sample on: each held-out pair ``evaluate.preference_samples`` times
+    win_pairs: list[PreferencePair] = field(default_factory=list)
     reward_model: Any = None
     sft_model: Any = None
     sft_replies: list[str] | None = None
@@ -70,14 +72,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
         metrics.update({f"reason.{k}": v for k, v in reason.items()})
         out["reasoning_samples"] = reason_samples
     if suites.reward_model is not None and suites.sft_replies is not None:
-        prompts = [p.prompt for p in suites.pairs]
+        prompts = [p.prompt for p in suites.win_pairs]
         replies = sample_replies(model, tokenizer, prompts, ev.instruction_max_new_tokens, ev.sample_temperature, cfg.seed)
         gap = reply_logprobs(model, tokenizer, prompts, replies) - reply_logprobs(suites.sft_model, tokenizer, prompts, replies)
-        prefs = preference_metrics(replies, suites.sft_replies, suites.pairs, suites.reward_model, tokenizer, gap)
+        prefs = preference_metrics(replies, suites.sft_replies, suites.win_pairs, suites.reward_model, tokenizer, gap)
         metrics.update({f"pref.{k}": v for k, v in prefs.items()})
         out["preference_samples"] = [
             {"prompt": p.prompt[-1]["content"], "reply": r, "sft_reply": b}
-            for p, r, b in list(zip(suites.pairs, replies, suites.sft_replies))[:6]
+            for p, r, b in list(zip(suites.win_pairs, replies, suites.sft_replies))[:6]
         ]
     return out
 
@@ -87,12 +89,14 @@ def _preference_suites(cfg: Config, manifest: dict[str, Any], suites: Suites, re
     ev = cfg.evaluate
     pairs = [pair_from_record(r) for r in storage.read_jsonl(manifest["preference"]["heldout"]["uri"])]
     suites.pairs = pairs[: ev.max_preference_examples]
+    # every pair once, then every pair again...: sampling draws a fresh reply each time
+    suites.win_pairs = suites.pairs * ev.preference_samples
     with storage.local_copy(reward_uri, "reward model") as local:
         tokenizer = load_tokenizer(local)
         suites.reward_model = load_reward_model(str(local), tokenizer.pad_token_id)
     with storage.local_copy(sft_uri, "SFT checkpoint") as local:
         suites.sft_model = load_model(local)
-    prompts = [p.prompt for p in suites.pairs]
+    prompts = [p.prompt for p in suites.win_pairs]
     suites.sft_replies = sample_replies(
         suites.sft_model, tokenizer, prompts, ev.instruction_max_new_tokens, ev.sample_temperature, cfg.seed
     )
