@@ -370,7 +370,7 @@ class EvaluateConfig(_Strict):
     instruction_max_new_tokens: int = Field(default=40, ge=1)
     max_preference_examples: int = Field(default=400, ge=1, description="Held-out pairs / prompts.")
     preference_samples: int = Field(
-        default=2, ge=1,
+        default=1, ge=1,
         description="Sampled replies per held-out prompt, for each policy and for SFT, in the win rates "
         "and reward/oracle scores. One sample per prompt is noisy: the same PPO checkpoint measured "
         "0.64-0.68 oracle win rate under three sampling seeds.",
