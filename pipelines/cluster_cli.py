@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator
 
 from components.common.config import Config, load_config
@@ -120,13 +120,8 @@ def compiled_package(cfg: Config, output: str | None) -> Iterator[Path]:
     removed when the command is done with it (CI submits many times a day)."""
     from pipelines.cluster import compile_pipeline
 
-    if output:
-        path = Path(output)
-        compile_pipeline(cfg, path)
-        yield path
-        return
-    with tempfile.TemporaryDirectory(prefix="fromscratch-") as tmp:
-        path = Path(tmp) / "pipeline.yaml"
+    with nullcontext(None) if output else tempfile.TemporaryDirectory(prefix="fromscratch-") as tmp:
+        path = Path(output) if output else Path(tmp) / "pipeline.yaml"
         compile_pipeline(cfg, path)
         yield path
 

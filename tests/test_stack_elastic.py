@@ -73,37 +73,25 @@ def _load(rank: int, world: int, port: int, folder: str) -> None:
                    "scheduler_steps": engine.global_steps}, fh)
 
 
-def _in_group(fn):
-    """Run one rank's body, then leave the process group together and tear it down.
+def _rank(rank: int, body, world: int, port: int, folder: str) -> None:
+    """Run one rank's ``body``, then leave the process group together and tear it down.
 
     Without this a rank could exit while its peer still talked to it, or die in the process
     group's static destructor ("terminate called without an active exception", SIGABRT): seen
     once in CI after the checks had passed.
     """
+    import torch.distributed as dist
 
-    def run(rank: int, world: int, port: int, folder: str) -> None:
-        import torch.distributed as dist
-
-        try:
-            fn(rank, world, port, folder)
-            dist.barrier()  # on success only: a failed peer would leave this rank waiting
-        finally:
-            if dist.is_initialized():
-                dist.destroy_process_group()
-
-    return run
+    try:
+        body(rank, world, port, folder)
+        dist.barrier()  # on success only: a failed peer would leave this rank waiting
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
-def _save_rank(rank: int, world: int, port: int, folder: str) -> None:
-    _in_group(_save)(rank, world, port, folder)
-
-
-def _load_rank(rank: int, world: int, port: int, folder: str) -> None:
-    _in_group(_load)(rank, world, port, folder)
-
-
-def _spawn(fn, world: int, folder: str) -> None:
-    mp.start_processes(fn, args=(world, _port(), folder), nprocs=world, join=True, start_method="spawn")
+def _spawn(body, world: int, folder: str) -> None:
+    mp.start_processes(_rank, args=(body, world, _port(), folder), nprocs=world, join=True, start_method="spawn")
 
 
 def _saved_moments(folder: str) -> list[float]:
@@ -120,10 +108,10 @@ def _saved_moments(folder: str) -> list[float]:
 
 def test_two_worker_checkpoint_loads_into_one_and_two(tmp_path):
     folder = str(tmp_path / "ckpt")
-    _spawn(_save_rank, 2, folder)
+    _spawn(_save, 2, folder)
     saved = _saved_moments(folder)
     for world in (1, 2):
-        _spawn(_load_rank, world, folder)
+        _spawn(_load, world, folder)
         results = [json.loads((tmp_path / "ckpt" / f"load-{world}-{r}.json").read_text()) for r in range(world)]
         assert all(r["weights_exact"] and r["step"] == 3 for r in results), results
         # the ranks' partitions of the Adam state add up to what was saved, whatever the split

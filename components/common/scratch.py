@@ -48,15 +48,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_orphaned_roots(directory: str | None = None) -> list[Path]:
-    """Remove the scratch roots of processes that no longer run; returns what was removed."""
-    removed = []
-    for path in Path(directory or tempfile.gettempdir()).glob(f"{_PREFIX}*"):
+def remove_orphaned_roots() -> None:
+    """Remove the scratch roots of processes that no longer run."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*"):
         match = _ROOT_NAME.match(path.name)
         if match and path.is_dir() and not _alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
 
 
 def clear_scratch() -> None:
