@@ -74,7 +74,13 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert any("pretrain-train" in d for d in chain[3]["datasets"])
 
     # the preference suite ran: reward model accuracy and win rates against SFT are reported
-    assert results["reward_model"]["metrics"]["pairwise_accuracy"] > 0.5
+    rm = results["reward_model"]["metrics"]
+    assert rm["pairwise_accuracy"] > 0.5
+    # ... and per kind of pair, which together cover every evaluated pair
+    assert any(k.startswith("accuracy.wrong.") for k in rm) and any(k.startswith("accuracy.r") for k in rm)
+    assert sum(v for k, v in rm.items() if k.startswith("pairs.")) == len(
+        [line for line in (run_dir / "data" / "preference" / "heldout.jsonl").read_text().splitlines() if line]
+    )
     assert results["sft"]["metrics"]["pref.win_rate_oracle_vs_sft"] == 0.5  # SFT against itself
     assert 0.0 <= results["preference"]["metrics"]["pref.win_rate_oracle_vs_sft"] <= 1.0
 

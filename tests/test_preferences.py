@@ -13,6 +13,7 @@ from components.common import storage
 from components.common.tracking import Tracker
 from components.data_prep.instructions import generate_instructions
 from components.data_prep.preferences import (
+    PreferencePair,
     from_record,
     generate_preferences,
     oracle_prefers,
@@ -21,6 +22,7 @@ from components.data_prep.preferences import (
 )
 from components.data_prep.step import run_data_prep
 from components.data_prep.world import build_world
+from components.evaluate.preference import accuracy_by_group
 from components.preference.step import run_preference
 from components.pretrain.step import run_pretrain
 from components.sft.step import run_sft
@@ -139,3 +141,20 @@ def test_dpo_loss_is_plain_or_with_a_likelihood_term(make_config):
     assert dpo_loss_args(make_config().preference.dpo.model_copy(update={"sft_weight": 0.0})) == {"loss_type": ["sigmoid"]}
     rpo = dpo_loss_args(make_config("preference.dpo.sft_weight=0.5").preference.dpo)
     assert rpo == {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]}
+
+
+def test_reward_model_accuracy_is_broken_down_by_what_each_pair_tests():
+    def pair(kind: str, family: str) -> PreferencePair:
+        return PreferencePair("p", family, [{"role": "user", "content": "q"}], "a", "b", "a", kind)
+
+    pairs = [pair("wrong", "arithmetic"), pair("wrong", "arithmetic"), pair("wrong", "fact_pet"), pair("rude", "fact_pet"),
+             pair("rude", "arithmetic")]
+    metrics = accuracy_by_group(pairs, [True, False, False, True, True])
+    assert metrics == {
+        "pairwise_accuracy": 0.6,
+        "accuracy.rude": 1.0, "pairs.rude": 2.0,  # style kinds pool the tasks
+        "accuracy.wrong.arithmetic": 0.5, "pairs.wrong.arithmetic": 2.0,
+        "accuracy.wrong.fact_pet": 0.0, "pairs.wrong.fact_pet": 1.0,
+    }
+    with pytest.raises(ValueError, match="4 verdicts for 5 pairs"):
+        accuracy_by_group(pairs, [True] * 4)

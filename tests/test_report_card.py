@@ -52,7 +52,9 @@ PROBLEMS = [
 def fake_results() -> dict[str, Any]:
     """An evaluate ``results`` dict shaped like the real one: five stages in order, the reward
     model's own metrics first (as ``run_evaluate`` inserts it), some metrics missing early on."""
-    results: dict[str, Any] = {"reward_model": {"metrics": {"pairwise_accuracy": 0.87}, "checkpoint_uri": "x"}}
+    rm = {"pairwise_accuracy": 0.87, "accuracy.rude": 1.0, "pairs.rude": 5.0,
+          "accuracy.wrong.arithmetic": 0.4, "pairs.wrong.arithmetic": 10.0}
+    results: dict[str, Any] = {"reward_model": {"metrics": rm, "checkpoint_uri": "x"}}
     ppl = [2051.3, 14.2, 11.8, 12.1, 12.4]
     comp = [0.0, 0.03, 0.81, 0.84, 0.86]
     for i, stage in enumerate(STAGES):
@@ -215,6 +217,7 @@ def test_report_card_from_results_and_mlflow_curves(store, tmp_path, card):
     assert keys.index("reason.pass_at_1") < keys.index("reason.pass_at_1.d1") < keys.index("reason.pass_at_1.d2")
     assert "heldout_tokens" not in card.markdown
     assert "pairwise accuracy 0.87" in card.markdown
+    assert "| wrong: arithmetic | 10 | 0.4 |" in card.markdown and "| rude | 5 | 1 |" in card.markdown
     assert "pref.kl_to_sft" in md["All other metrics"] and "bigram_validity" in md["All other metrics"]
 
     # replies side by side: the first data column is the random model's gibberish

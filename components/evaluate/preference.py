@@ -61,12 +61,40 @@ def reply_logprobs(
     return torch.tensor(totals)
 
 
-def reward_model_accuracy(reward_model, tokenizer, pairs: list[PreferencePair]) -> float:
-    """Share of held-out pairs where the reward model scores chosen above rejected."""
+def ranked_right(reward_model, tokenizer, pairs: list[PreferencePair]) -> torch.Tensor:
+    """Per pair: does the reward model score chosen above rejected?"""
     prompts = [p.prompt for p in pairs]
     chosen = reward_scores(reward_model, tokenizer, prompts, [p.chosen for p in pairs])
     rejected = reward_scores(reward_model, tokenizer, prompts, [p.rejected for p in pairs])
-    return float((chosen > rejected).float().mean())
+    return chosen > rejected
+
+
+def pair_group(pair: PreferencePair) -> str:
+    """What a pair tests: why its rejected reply loses (``kind``) and, for wrong answers, the
+    task as well (``wrong.arithmetic``): judging a wrong answer takes knowing the right one,
+    which a small backbone has for some tasks and not others."""
+    return f"{pair.kind}.{pair.family}" if pair.kind == "wrong" else pair.kind
+
+
+def reward_model_metrics(reward_model, tokenizer, pairs: list[PreferencePair]) -> dict[str, float]:
+    """Pairwise accuracy overall and per ``pair_group`` (``accuracy.<group>``, with the number of
+    pairs as ``pairs.<group>``), so the report shows where the reward model errs, not only how
+    often."""
+    return accuracy_by_group(pairs, ranked_right(reward_model, tokenizer, pairs).tolist())
+
+
+def accuracy_by_group(pairs: list[PreferencePair], right: list[bool]) -> dict[str, float]:
+    """``reward_model_metrics`` from the per-pair verdicts."""
+    if len(pairs) != len(right):
+        raise ValueError(f"{len(right)} verdicts for {len(pairs)} pairs")
+    groups: dict[str, list[bool]] = {}
+    for pair, ok in zip(pairs, right):
+        groups.setdefault(pair_group(pair), []).append(bool(ok))
+    metrics = {"pairwise_accuracy": sum(right) / len(right) if right else 0.0}
+    for group in sorted(groups):
+        metrics[f"accuracy.{group}"] = sum(groups[group]) / len(groups[group])
+        metrics[f"pairs.{group}"] = float(len(groups[group]))
+    return metrics
 
 
 def preference_metrics(

@@ -101,6 +101,20 @@ def other_metric_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, k) for k in keys]
 
 
+def reward_model_table(metrics: dict[str, float]) -> Table | None:
+    """The reward model's accuracy per kind of pair (``accuracy.<group>`` / ``pairs.<group>``
+    from ``reward_model_metrics``); None for results that have only the overall figure."""
+    groups = sorted(k.removeprefix("accuracy.") for k in metrics if k.startswith("accuracy."))
+    if not groups:
+        return None
+    table = Table(["pairs that test", "pairs", "accuracy"])
+    for group in groups:
+        count = metrics.get(f"pairs.{group}")
+        table.rows.append([group.replace(".", ": "), fmt(int(count)) if count is not None else MISSING,
+                           fmt(metrics[f"accuracy.{group}"])])
+    return table
+
+
 def clip(text: str, limit: int = REPLY_CHARS) -> str:
     """One line, at most ``limit`` characters; an empty reply says so."""
     text = " ".join(str(text).split())

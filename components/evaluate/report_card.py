@@ -35,6 +35,7 @@ from components.evaluate.report import (
     metric_table,
     other_metric_keys,
     reply_tables,
+    reward_model_table,
     stages,
 )
 
@@ -127,8 +128,17 @@ def card_blocks(
     blocks += [Heading("Metrics"), TableBlock(metric_table(results, headline_keys(results)), "metrics")]
     rm = results.get("reward_model", {}).get("metrics", {})
     if rm:
-        shown = ", ".join(f"{k.replace('_', ' ')} {fmt(v)}" for k, v in rm.items())
-        blocks.append(Para(f"Reward model (judge of the preference suite), on held-out pairs: {shown}."))
+        blocks.append(Para(
+            f"Reward model (judge of the preference suite): pairwise accuracy {fmt(rm.get('pairwise_accuracy'))} "
+            "on held-out pairs."
+        ))
+        by_group = reward_model_table(rm)
+        if by_group is not None:
+            blocks += [
+                Para("By what a pair tests: why its rejected reply loses, and for wrong answers the task "
+                     "(the reward model can only tell a wrong answer from the right one where its backbone knows it)."),
+                TableBlock(by_group, "metrics"),
+            ]
     blocks.append(Heading("Training curves"))
     if plots:
         blocks += [Image(name, name.removesuffix(".png").replace("-", " ")) for name in plots]

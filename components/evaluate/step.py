@@ -26,7 +26,7 @@ from components.data_prep.preferences import PreferencePair
 from components.data_prep.preferences import from_record as pair_from_record
 from components.evaluate.instruct import score_instructions
 from components.evaluate.perplexity import heldout_perplexity
-from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_accuracy, sample_replies
+from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_metrics, sample_replies
 from components.evaluate.reasoning import score_problems
 from components.preference.reward import load_reward_model
 from components.evaluate.curves import stage_curves
@@ -100,7 +100,7 @@ def _preference_suites(cfg: Config, manifest: dict[str, Any], suites: Suites, re
     suites.sft_replies = sample_replies(
         suites.sft_model, tokenizer, prompts, ev.instruction_max_new_tokens, ev.sample_temperature, cfg.seed
     )
-    return {"pairwise_accuracy": reward_model_accuracy(suites.reward_model, tokenizer, suites.pairs)}
+    return reward_model_metrics(suites.reward_model, tokenizer, suites.pairs)
 
 
 def run_evaluate(
