@@ -57,6 +57,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert sft["instruct.compliance"] > 0.8, sft
     assert init["instruct.compliance"] < 0.05 and pre["instruct.compliance"] < 0.05, (init, pre)
     assert sft["perplexity"] < 3 * pre["perplexity"], (pre, sft)
+    # the copying suite runs on every checkpoint; random init has nothing to copy with
+    for name in ("init", "pretrain", "sft", "preference", "rlvr"):
+        assert {"copy.first_loss", "copy.second_loss", "copy.score"} <= set(results[name]["metrics"]), name
+    assert abs(init["copy.score"]) < 0.05, init
     assert (run_dir / "checkpoints" / "pretrain" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "pretrain" / "_COMPLETE").is_file()
     assert "| pretrain |" in (run_dir / "eval" / "report.md").read_text()

@@ -383,6 +383,8 @@ class EvaluateConfig(_Strict):
     max_problems: int = Field(default=300, ge=1, description="Held-out RLVR problems per checkpoint.")
     pass_k: int = Field(default=8, ge=0, description="Sampled replies per problem for pass@k (0: greedy only).")
     reasoning_max_new_tokens: int = Field(default=48, ge=1)
+    copy_sequences: int = Field(default=32, ge=1, description="Repeated random sequences in the copying suite.")
+    copy_length: int = Field(default=24, ge=2, description="Tokens per sequence in the copying suite (read twice).")
     sample_prompts: list[str] = Field(
         default_factory=lambda: [
             "Mira lives in",

@@ -21,6 +21,7 @@ REPLY_CHARS = 160  # a reply cell longer than this is cut (the full text is in r
 # ``reason.pass_at_1.d<N>`` rows are inserted after their group's overall figure.
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("perplexity", "perplexity, held-out text (lower is better)"),
+    ("copy.score", "in-context copying (0: none, 1: perfect)"),
     ("instruct.compliance", "instruction compliance"),
     ("instruct.accuracy", "instruction accuracy, all families"),
     ("pref.rm_score", "reward-model score"),

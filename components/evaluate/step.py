@@ -1,6 +1,7 @@
 """evaluate: the same held-out suite on every checkpoint it is given.
 
-Suites: perplexity on the held-out pre-training text; greedy samples of fixed prompts with a
+Suites: perplexity on the held-out pre-training text; in-context copying (a repeated random
+token sequence, the ability behind checking a reversal or carrying a number into a step); greedy samples of fixed prompts with a
 word-validity score; instruction following (compliance, per-family accuracy); preference (the
 reward model's pairwise accuracy, win rates against SFT by the reward model and the oracle,
 KL to SFT); reasoning (pass@1 and pass@k on held-out problems, per difficulty). Results go to MLflow (on the evaluate run, keyed by
@@ -25,6 +26,7 @@ from components.data_prep.instructions import Example, from_record
 from components.data_prep.preferences import PreferencePair
 from components.data_prep.preferences import from_record as pair_from_record
 from components.evaluate.instruct import score_instructions
+from components.evaluate.copying import in_context_copying
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_metrics, sample_replies
 from components.evaluate.reasoning import score_problems
@@ -60,6 +62,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
         tokenizer = load_tokenizer(local)
         model = load_model(local)
     metrics = heldout_perplexity(model, suites.heldout, ev.batch_size)
+    metrics.update(in_context_copying(model, suites.heldout, ev.copy_sequences, ev.copy_length, cfg.seed))
     samples = greedy_samples(model, tokenizer, ev.sample_prompts, ev.max_new_tokens)
     metrics["bigram_validity"] = bigram_validity(samples, suites.bigrams)
     instruct, instruct_samples = score_instructions(model, tokenizer, suites.instructions, ev.instruction_max_new_tokens)
