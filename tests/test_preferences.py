@@ -150,6 +150,8 @@ def test_reward_model_accuracy_is_broken_down_by_what_each_pair_tests():
     pairs = [pair("wrong", "arithmetic"), pair("wrong", "arithmetic"), pair("wrong", "fact_pet"), pair("rude", "fact_pet"),
              pair("rude", "arithmetic")]
     metrics = accuracy_by_group(pairs, [True, False, False, True, True])
+    low, high = metrics.pop("pairwise_accuracy.ci_low"), metrics.pop("pairwise_accuracy.ci_high")
+    assert 0.0 <= low < 0.6 < high <= 1.0  # five pairs: a wide interval around 0.6
     assert metrics == {
         "pairwise_accuracy": 0.6,
         "accuracy.rude": 1.0, "pairs.rude": 2.0,  # style kinds pool the tasks

@@ -17,6 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from components.data_prep.instructions import Example, check_reply, well_formed
+from components.evaluate.intervals import interval_metrics
 
 
 @torch.no_grad()
@@ -77,6 +78,7 @@ def score_instructions(
     metrics = {
         "compliance": sum(c for c, _ in results) / len(results),
         "accuracy": sum(a for _, a in results) / len(results),
+        **interval_metrics("compliance", [float(c) for c, _ in results]),
     }
     for family, rows in sorted(per_family.items()):
         metrics[f"acc.{family}"] = sum(a for _, a in rows) / len(rows)

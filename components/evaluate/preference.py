@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from components.data_prep.preferences import PreferencePair, oracle_prefers, oracle_score
+from components.evaluate.intervals import interval_metrics
 from components.preference.ppo import token_logprobs
 from components.preference.reward import reward_scores
 
@@ -91,6 +92,7 @@ def accuracy_by_group(pairs: list[PreferencePair], right: list[bool]) -> dict[st
     for pair, ok in zip(pairs, right):
         groups.setdefault(pair_group(pair), []).append(bool(ok))
     metrics = {"pairwise_accuracy": sum(right) / len(right) if right else 0.0}
+    metrics.update(interval_metrics("pairwise_accuracy", [float(ok) for ok in right]))
     for group in sorted(groups):
         metrics[f"accuracy.{group}"] = sum(groups[group]) / len(groups[group])
         metrics[f"pairs.{group}"] = float(len(groups[group]))
@@ -106,13 +108,15 @@ def preference_metrics(
     rm = reward_scores(reward_model, tokenizer, prompts, replies)
     rm_base = reward_scores(reward_model, tokenizer, prompts, baseline)
     oracle = [oracle_score(r, p.reference, p.family) for r, p in zip(replies, pairs)]
-    rm_wins = ((rm > rm_base).float() + 0.5 * (rm == rm_base).float()).mean()
+    rm_wins = ((rm > rm_base).float() + 0.5 * (rm == rm_base).float()).tolist()
     oracle_wins = [oracle_prefers(r, b, p.reference, p.family) for r, b, p in zip(replies, baseline, pairs)]
     metrics = {
         "rm_score": float(rm.mean()),
         "oracle_score": sum(oracle) / len(oracle),
-        "win_rate_rm_vs_sft": float(rm_wins),
+        "win_rate_rm_vs_sft": sum(rm_wins) / len(rm_wins),
         "win_rate_oracle_vs_sft": sum(oracle_wins) / len(oracle_wins),
+        **interval_metrics("win_rate_rm_vs_sft", rm_wins),
+        **interval_metrics("win_rate_oracle_vs_sft", oracle_wins),
     }
     if logprob_gap is not None:
         metrics["kl_to_sft"] = float(logprob_gap.mean())

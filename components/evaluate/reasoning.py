@@ -16,6 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from components.evaluate.instruct import generate_replies
+from components.evaluate.intervals import interval_metrics
 from components.evaluate.preference import sample_replies
 from components.rlvr.verifiers import final_answer, is_correct
 
@@ -64,6 +65,7 @@ def score_problems(
         )
     metrics = {
         "pass_at_1": _share(first),
+        **interval_metrics("pass_at_1", [float(ok) for ok in first]),
         "pass_at_k": _share(any_k),
         "answered": _share([final_answer(r["text"]) is not None for r in greedy]),
         "mean_reply_chars": sum(len(r["text"]) for r in greedy) / max(1, len(greedy)),

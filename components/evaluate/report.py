@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.evaluate.intervals import is_interval_key
+
 MISSING = "–"
 REPLY_CHARS = 160  # a reply cell longer than this is cut (the full text is in results.json)
 
@@ -64,6 +66,16 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def fmt_metric(metrics: dict[str, Any], key: str) -> str:
+    """``fmt`` of ``metrics[key]``, followed by its 95 % interval where the evaluation computed
+    one (``0.95 [0.93, 0.97]``): a reader comparing two stages sees whether the gap is noise."""
+    text = fmt(metrics.get(key))
+    low, high = metrics.get(f"{key}.ci_low"), metrics.get(f"{key}.ci_high")
+    if key in metrics and low is not None and high is not None:
+        text += f" [{fmt(low)}, {fmt(high)}]"
+    return text
+
+
 def _difficulty(key: str) -> int:
     match = re.search(r"\.d(\d+)$", key)
     return int(match.group(1)) if match else 0
@@ -91,14 +103,16 @@ def metric_table(results: dict[str, Any], keys: list[tuple[str, str]]) -> Table:
     names = stages(results)
     table = Table(["metric", "key", *names])
     for key, label in keys:
-        table.rows.append([label, key, *(fmt(results[n].get("metrics", {}).get(key)) for n in names)])
+        table.rows.append([label, key, *(fmt_metric(results[n].get("metrics", {}), key) for n in names)])
     return table
 
 
 def other_metric_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
-    """Every metric not in the headline table (bigram validity, KL to SFT, ...)."""
+    """Every metric not in the headline table (bigram validity, KL to SFT, ...); intervals are
+    shown beside their metric, not as rows of their own."""
     shown = {k for k, _ in headline_keys(results)} | NOT_SHOWN
-    keys = sorted({k for n in stages(results) for k in results[n].get("metrics", {})} - shown)
+    keys = sorted({k for n in stages(results) for k in results[n].get("metrics", {})
+                   if not is_interval_key(k)} - shown)
     return [(k, k) for k in keys]
 
 

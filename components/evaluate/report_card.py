@@ -29,6 +29,7 @@ from components.evaluate.plots import curve_plots
 from components.evaluate.report import (
     Table,
     fmt,
+    fmt_metric,
     headline_keys,
     html_table,
     markdown_table,
@@ -129,8 +130,8 @@ def card_blocks(
     rm = results.get("reward_model", {}).get("metrics", {})
     if rm:
         blocks.append(Para(
-            f"Reward model (judge of the preference suite): pairwise accuracy {fmt(rm.get('pairwise_accuracy'))} "
-            "on held-out pairs."
+            f"Reward model (judge of the preference suite): pairwise accuracy {fmt_metric(rm, 'pairwise_accuracy')} "
+            "on held-out pairs (95 % interval in brackets)."
         ))
         by_group = reward_model_table(rm)
         if by_group is not None:
