@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from components.evaluate.intervals import bootstrap_interval, interval_metrics, is_interval_key
-from components.evaluate.report import fmt_metric, metric_table, other_metric_keys
+from components.evaluate.intervals import bootstrap_interval, change_metrics, interval_metrics, is_interval_key
+from components.evaluate.report import change_keys, fmt_metric, metric_table, other_metric_keys
 
 
 def _verdicts(right: int, total: int) -> list[float]:
@@ -64,3 +64,33 @@ def test_the_report_shows_the_interval_beside_its_metric_not_as_a_row() -> None:
     table = metric_table(results, [("reason.pass_at_1", "reasoning pass@1")])
     assert table.rows == [["reasoning pass@1", "reason.pass_at_1", "0.3367 [0.2833, 0.39]"]]
     assert [k for k, _ in other_metric_keys(results)] == ["pref.kl_to_sft"]
+
+
+def test_a_stage_change_is_paired_item_by_item() -> None:
+    """300 problems: the start solves 56; the next stage solves those and 45 more. The change is
+    +0.15 and its paired interval is narrower than the two separate intervals would suggest."""
+    before = _verdicts(56, 300)
+    after = [1.0] * 101 + [0.0] * 199
+    out = change_metrics("reason.pass_at_1", before, after)
+    assert out["change.reason.pass_at_1"] == pytest.approx(0.15)
+    low, high = out["change.reason.pass_at_1.ci_low"], out["change.reason.pass_at_1.ci_high"]
+    assert 0.0 < low < 0.15 < high
+    separate = bootstrap_interval(after)[1] - bootstrap_interval(before)[0]  # unpaired upper reach
+    assert high - low < separate - 0.15
+    # no change at all: zero, with no spread
+    assert change_metrics("k", before, before) == {"change.k": 0.0, "change.k.ci_low": 0.0, "change.k.ci_high": 0.0}
+    assert change_metrics("k", before, after[:-1]) == {}  # not the same items
+    assert change_metrics("k", [], []) == {}
+
+
+def test_the_report_shows_changes_with_their_sign_in_a_table_of_their_own() -> None:
+    metrics = {"reason.pass_at_1": 0.3367, "change.reason.pass_at_1": 0.15,
+               "change.reason.pass_at_1.ci_low": 0.1, "change.reason.pass_at_1.ci_high": 0.2,
+               "change.instruct.compliance": -0.0238}
+    assert fmt_metric(metrics, "change.reason.pass_at_1") == "+0.15 [+0.1, +0.2]"
+    assert fmt_metric(metrics, "change.instruct.compliance") == "-0.0238"
+    results = {"preference": {"metrics": {"reason.pass_at_1": 0.1867}}, "rlvr": {"metrics": metrics}}
+    assert [k for k, _ in change_keys(results)] == ["change.reason.pass_at_1", "change.instruct.compliance"]
+    table = metric_table(results, change_keys(results))
+    assert table.rows[0] == ["reasoning pass@1", "change.reason.pass_at_1", "–", "+0.15 [+0.1, +0.2]"]
+    assert not any(k.startswith("change.") for k, _ in other_metric_keys(results))

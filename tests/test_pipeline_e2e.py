@@ -61,6 +61,12 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     for name in ("init", "pretrain", "sft", "preference", "rlvr"):
         assert {"copy.first_loss", "copy.second_loss", "copy.score"} <= set(results[name]["metrics"]), name
     assert abs(init["copy.score"]) < 0.05, init
+    # what each stage bought is measured problem by problem against the stage before it
+    rlvr, start = results["rlvr"]["metrics"], results["preference"]["metrics"]
+    assert rlvr["change.reason.pass_at_1"] == pytest.approx(rlvr["reason.pass_at_1"] - start["reason.pass_at_1"])
+    assert rlvr["change.reason.pass_at_1.ci_low"] <= rlvr["change.reason.pass_at_1"] <= rlvr["change.reason.pass_at_1.ci_high"]
+    assert "change.reason.pass_at_1" not in init  # nothing before random init
+    assert len(results["rlvr"]["verdicts"]["reason.pass_at_1"]) == 30
     assert (run_dir / "checkpoints" / "pretrain" / "model.safetensors").is_file()
     assert (run_dir / "checkpoints" / "pretrain" / "_COMPLETE").is_file()
     assert "| pretrain |" in (run_dir / "eval" / "report.md").read_text()

@@ -60,26 +60,30 @@ def score_instructions(
     tokenizer: PreTrainedTokenizerFast,
     examples: list[Example],
     max_new_tokens: int,
-) -> tuple[dict[str, float], list[dict[str, str]]]:
-    """Compliance and accuracy overall and per family, plus one sample reply per family."""
+) -> tuple[dict[str, float], list[dict[str, str]], dict[str, list[float]]]:
+    """Compliance and accuracy overall and per family, one sample reply per family, and the
+    per-prompt verdicts (``compliance`` / ``accuracy``: 1.0 / 0.0, in prompt order) that let two
+    checkpoints be compared prompt by prompt."""
     replies = generate_replies(model, tokenizer, [e.prompt_messages for e in examples], max_new_tokens)
     per_family: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
     samples: dict[str, dict[str, str]] = {}
+    in_order: list[tuple[bool, bool]] = []
     for example, reply in zip(examples, replies):
         complies = reply["ended"] and reply["clean"] and well_formed(example.family, reply["text"])
         correct = complies and check_reply(example, reply["text"])["exact"]
         per_family[example.family].append((complies, correct))
+        in_order.append((complies, correct))
         samples.setdefault(
             example.family,
             {"family": example.family, "prompt": example.prompt_messages[-1]["content"],
              "reply": reply["text"], "expected": example.answer},
         )
-    results = [r for rows in per_family.values() for r in rows]
+    verdicts = {"compliance": [float(c) for c, _ in in_order], "accuracy": [float(a) for _, a in in_order]}
     metrics = {
-        "compliance": sum(c for c, _ in results) / len(results),
-        "accuracy": sum(a for _, a in results) / len(results),
-        **interval_metrics("compliance", [float(c) for c, _ in results]),
+        "compliance": sum(verdicts["compliance"]) / len(in_order),
+        "accuracy": sum(verdicts["accuracy"]) / len(in_order),
+        **interval_metrics("compliance", verdicts["compliance"]),
     }
     for family, rows in sorted(per_family.items()):
         metrics[f"acc.{family}"] = sum(a for _, a in rows) / len(rows)
-    return metrics, list(samples.values())
+    return metrics, list(samples.values()), verdicts

@@ -48,3 +48,19 @@ def interval_metrics(key: str, values: Sequence[float]) -> dict[str, float]:
 
 def is_interval_key(key: str) -> bool:
     return key.endswith(".ci_low") or key.endswith(".ci_high")
+
+
+def change_metrics(key: str, before: Sequence[float], after: Sequence[float]) -> dict[str, float]:
+    """What a stage bought on ``key``: the mean per-item change from the checkpoint before it,
+    with a paired bootstrap interval (``change.<key>``, ``.ci_low``, ``.ci_high``).
+
+    Pairing matters: both checkpoints answer the same items, and most items are solved by both
+    or by neither, so the interval of the difference is much narrower than the two separate
+    intervals suggest. Empty when the two lists do not cover the same items.
+    """
+    if len(before) != len(after) or len(after) == 0:
+        return {}
+    diff = [float(b) - float(a) for a, b in zip(before, after)]
+    low, high = bootstrap_interval(diff)
+    name = f"change.{key}"
+    return {name: sum(diff) / len(diff), f"{name}.ci_low": low, f"{name}.ci_high": high}

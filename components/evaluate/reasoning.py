@@ -33,9 +33,11 @@ def score_problems(
     max_new_tokens: int,
     temperature: float,
     seed: int,
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Metrics (overall, per difficulty ``.d<N>``, per family) and one sample per
-    (family, difficulty). ``problems`` are data_prep's problem records."""
+) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, list[float]]]:
+    """Metrics (overall, per difficulty ``.d<N>``, per family), one sample per (family,
+    difficulty), and the per-problem greedy verdicts (``pass_at_1``: 1.0 / 0.0, in problem
+    order) that let two checkpoints be compared problem by problem. ``problems`` are
+    data_prep's problem records."""
     prompts = [p["prompt"] for p in problems]
     greedy = generate_replies(model, tokenizer, prompts, max_new_tokens)
     sampled = sample_replies(
@@ -73,4 +75,4 @@ def score_problems(
     for name, rows in sorted(groups.items()):
         metrics[f"pass_at_1.{name}"] = _share([a for a, _ in rows])
         metrics[f"pass_at_k.{name}"] = _share([b for _, b in rows])
-    return metrics, [samples[key] for key in sorted(samples)]
+    return metrics, [samples[key] for key in sorted(samples)], {"pass_at_1": [float(ok) for ok in first]}

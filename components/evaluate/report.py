@@ -33,6 +33,12 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("reason.pass_at_k", "reasoning pass@k"),
 )
 NOT_SHOWN = {"heldout_tokens"}
+# (key, label) of the rows of the "what each stage bought" table: paired per-item changes
+CHANGES: tuple[tuple[str, str], ...] = (
+    ("change.reason.pass_at_1", "reasoning pass@1"),
+    ("change.instruct.compliance", "instruction compliance"),
+    ("change.instruct.accuracy", "instruction accuracy"),
+)
 
 
 @dataclass
@@ -69,11 +75,23 @@ def fmt(value: Any) -> str:
 def fmt_metric(metrics: dict[str, Any], key: str) -> str:
     """``fmt`` of ``metrics[key]``, followed by its 95 % interval where the evaluation computed
     one (``0.95 [0.93, 0.97]``): a reader comparing two stages sees whether the gap is noise."""
-    text = fmt(metrics.get(key))
+    show = _signed if key.startswith("change.") else fmt
+    text = show(metrics.get(key))
     low, high = metrics.get(f"{key}.ci_low"), metrics.get(f"{key}.ci_high")
     if key in metrics and low is not None and high is not None:
-        text += f" [{fmt(low)}, {fmt(high)}]"
+        text += f" [{show(low)}, {show(high)}]"
     return text
+
+
+def _signed(value: Any) -> str:
+    """A change: always with its sign, so +0.15 and -0.15 cannot be mistaken."""
+    return f"{value:+.4g}" if isinstance(value, float) else fmt(value)
+
+
+def change_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, label) of the ``CHANGES`` rows that at least one stage has."""
+    present = {k for name in stages(results) for k in results[name].get("metrics", {})}
+    return [(key, label) for key, label in CHANGES if key in present]
 
 
 def _difficulty(key: str) -> int:
@@ -112,7 +130,7 @@ def other_metric_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
     shown beside their metric, not as rows of their own."""
     shown = {k for k, _ in headline_keys(results)} | NOT_SHOWN
     keys = sorted({k for n in stages(results) for k in results[n].get("metrics", {})
-                   if not is_interval_key(k)} - shown)
+                   if not is_interval_key(k) and not k.startswith("change.")} - shown)
     return [(k, k) for k in keys]
 
 

@@ -28,6 +28,7 @@ from components.evaluate.curves import Curves
 from components.evaluate.plots import curve_plots
 from components.evaluate.report import (
     Table,
+    change_keys,
     fmt,
     fmt_metric,
     headline_keys,
@@ -127,6 +128,14 @@ def card_blocks(
     if promotion:
         blocks += promotion_blocks(promotion)
     blocks += [Heading("Metrics"), TableBlock(metric_table(results, headline_keys(results)), "metrics")]
+    changes = change_keys(results)
+    if changes:
+        blocks += [
+            Para("What each stage bought: the change from the stage before, item by item on the same held-out "
+                 "prompts, with a paired 95 % interval in brackets. An interval that excludes 0 is a real change, "
+                 "not noise."),
+            TableBlock(metric_table(results, changes), "metrics"),
+        ]
     rm = results.get("reward_model", {}).get("metrics", {})
     if rm:
         blocks.append(Para(

@@ -6,7 +6,10 @@ word-validity score; instruction following (compliance, per-family accuracy); pr
 reward model's pairwise accuracy, win rates against SFT by the reward model and the oracle,
 KL to SFT); reasoning (pass@1 and pass@k on held-out problems, per difficulty). Results go to MLflow (on the evaluate run, keyed by
 checkpoint, and on each checkpoint's LoggedModel), and to ``<run>/eval`` as JSON (for scripts
-and CI gates) and Markdown (for people).
+and CI gates) and Markdown (for people). The shares carry 95 % bootstrap intervals
+(``<metric>.ci_low`` / ``.ci_high``), and each checkpoint after the first gets ``change.<metric>``:
+its per-item change from the checkpoint before it, with a paired interval, which is what the
+stage bought.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from components.data_prep.preferences import PreferencePair
 from components.data_prep.preferences import from_record as pair_from_record
 from components.evaluate.instruct import score_instructions
 from components.evaluate.copying import in_context_copying
+from components.evaluate.intervals import change_metrics
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_metrics, sample_replies
 from components.evaluate.reasoning import score_problems
@@ -65,14 +69,19 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
     metrics.update(in_context_copying(model, suites.heldout, ev.copy_sequences, ev.copy_length, cfg.seed))
     samples = greedy_samples(model, tokenizer, ev.sample_prompts, ev.max_new_tokens)
     metrics["bigram_validity"] = bigram_validity(samples, suites.bigrams)
-    instruct, instruct_samples = score_instructions(model, tokenizer, suites.instructions, ev.instruction_max_new_tokens)
+    instruct, instruct_samples, instruct_verdicts = score_instructions(
+        model, tokenizer, suites.instructions, ev.instruction_max_new_tokens
+    )
     metrics.update({f"instruct.{k}": v for k, v in instruct.items()})
-    out = {"metrics": metrics, "samples": samples, "instruction_samples": instruct_samples}
+    # per-item verdicts, in suite order, so the next checkpoint can be compared item by item
+    verdicts = {f"instruct.{k}": v for k, v in instruct_verdicts.items()}
+    out = {"metrics": metrics, "samples": samples, "instruction_samples": instruct_samples, "verdicts": verdicts}
     if suites.problems:
-        reason, reason_samples = score_problems(
+        reason, reason_samples, reason_verdicts = score_problems(
             model, tokenizer, suites.problems, ev.pass_k, ev.reasoning_max_new_tokens, ev.sample_temperature, cfg.seed
         )
         metrics.update({f"reason.{k}": v for k, v in reason.items()})
+        verdicts.update({f"reason.{k}": v for k, v in reason_verdicts.items()})
         out["reasoning_samples"] = reason_samples
     if suites.reward_model is not None and suites.sft_replies is not None:
         prompts = [p.prompt for p in suites.win_pairs]
@@ -141,11 +150,17 @@ def run_evaluate(
             results["reward_model"] = {"metrics": rm_metrics, "checkpoint_uri": reward_model}
             log.info("reward model: pairwise accuracy %.3f on held-out pairs", rm_metrics["pairwise_accuracy"])
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"reward_model.{k}": v for k, v in rm_metrics.items()})
+        previous: dict[str, list[float]] | None = None
         for name, uri in checkpoints.items():
             log.info("evaluating %s (%s)", name, uri)
             results[name] = evaluate_checkpoint(cfg, uri, suites)
             results[name]["checkpoint_uri"] = uri
             metrics = results[name]["metrics"]
+            verdicts = results[name]["verdicts"]
+            if previous is not None:  # what this stage bought over the one before, item by item
+                for key, after in verdicts.items():
+                    metrics.update(change_metrics(key, previous.get(key, []), after))
+            previous = verdicts
             log.info(
                 "%s: %s", name,
                 ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k.count(".") <= 1 and "heldout" not in k),
