@@ -42,7 +42,7 @@ def interval_metrics(key: str, values: Sequence[float]) -> dict[str, float]:
     there are no values (the share itself is then reported as 0 with nothing to bound)."""
     if len(values) == 0:
         return {}
-    low, high = bootstrap_interval([float(v) for v in values])
+    low, high = bootstrap_interval(values)
     return {f"{key}.ci_low": low, f"{key}.ci_high": high}
 
 

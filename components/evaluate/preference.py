@@ -92,7 +92,7 @@ def accuracy_by_group(pairs: list[PreferencePair], right: list[bool]) -> dict[st
     for pair, ok in zip(pairs, right):
         groups.setdefault(pair_group(pair), []).append(bool(ok))
     metrics = {"pairwise_accuracy": sum(right) / len(right) if right else 0.0}
-    metrics.update(interval_metrics("pairwise_accuracy", [float(ok) for ok in right]))
+    metrics.update(interval_metrics("pairwise_accuracy", right))
     for group in sorted(groups):
         metrics[f"accuracy.{group}"] = sum(groups[group]) / len(groups[group])
         metrics[f"pairs.{group}"] = float(len(groups[group]))

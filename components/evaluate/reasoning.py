@@ -65,9 +65,10 @@ def score_problems(
                 "correct": ok,
             },
         )
+    verdicts = {"pass_at_1": [float(ok) for ok in first]}
     metrics = {
         "pass_at_1": _share(first),
-        **interval_metrics("pass_at_1", [float(ok) for ok in first]),
+        **interval_metrics("pass_at_1", verdicts["pass_at_1"]),
         "pass_at_k": _share(any_k),
         "answered": _share([final_answer(r["text"]) is not None for r in greedy]),
         "mean_reply_chars": sum(len(r["text"]) for r in greedy) / max(1, len(greedy)),
@@ -75,4 +76,4 @@ def score_problems(
     for name, rows in sorted(groups.items()):
         metrics[f"pass_at_1.{name}"] = _share([a for a, _ in rows])
         metrics[f"pass_at_k.{name}"] = _share([b for _, b in rows])
-    return metrics, [samples[key] for key in sorted(samples)], {"pass_at_1": [float(ok) for ok in first]}
+    return metrics, [samples[key] for key in sorted(samples)], verdicts

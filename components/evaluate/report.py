@@ -88,9 +88,14 @@ def _signed(value: Any) -> str:
     return f"{value:+.4g}" if isinstance(value, float) else fmt(value)
 
 
+def metric_names(results: dict[str, Any]) -> set[str]:
+    """Every metric key that at least one stage has."""
+    return {k for name in stages(results) for k in results[name].get("metrics", {})}
+
+
 def change_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, label) of the ``CHANGES`` rows that at least one stage has."""
-    present = {k for name in stages(results) for k in results[name].get("metrics", {})}
+    present = metric_names(results)
     return [(key, label) for key, label in CHANGES if key in present]
 
 
@@ -102,7 +107,7 @@ def _difficulty(key: str) -> int:
 def headline_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, label) of the headline rows that at least one stage has, per-family accuracy and
     per-difficulty pass@1 included."""
-    present = {k for name in stages(results) for k in results[name].get("metrics", {})}
+    present = metric_names(results)
     families = sorted(k for k in present if k.startswith("instruct.acc."))
     levels = sorted((k for k in present if re.fullmatch(r"reason\.pass_at_1\.d\d+", k)), key=_difficulty)
     rows: list[tuple[str, str]] = []
@@ -129,8 +134,7 @@ def other_metric_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
     """Every metric not in the headline table (bigram validity, KL to SFT, ...); intervals are
     shown beside their metric, not as rows of their own."""
     shown = {k for k, _ in headline_keys(results)} | NOT_SHOWN
-    keys = sorted({k for n in stages(results) for k in results[n].get("metrics", {})
-                   if not is_interval_key(k) and not k.startswith("change.")} - shown)
+    keys = sorted({k for k in metric_names(results) if not is_interval_key(k) and not k.startswith("change.")} - shown)
     return [(k, k) for k in keys]
 
 
