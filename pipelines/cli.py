@@ -14,12 +14,12 @@ import logging
 import os
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from components.common import storage
 from components.common.config import Config, ConfigError, load_config
 from components.common.errors import DataError
+from components.common.run_id import new_run_id
 from components.data_prep.loaders import check_sources
 from pipelines.cluster_cli import add_cluster_commands
 from pipelines.label_cli import add_label_commands
@@ -27,10 +27,6 @@ from pipelines.stack_cli import add_stack_commands
 from components.common.logs import setup_logging
 
 log = logging.getLogger("fromscratch")
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
 def resolved_config(args: argparse.Namespace) -> Config:
@@ -169,6 +165,19 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved configuration, or with ``--explain`` every setting documented."""
+    if args.explain:
+        from components.common.config.explain import explain_table
+
+        print(explain_table())
+        return 0
+    import yaml
+
+    print(yaml.safe_dump(json.loads(resolved_config(args).to_json()), sort_keys=False), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fromscratch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lin.add_argument("--json", action="store_true")
     lin.set_defaults(fn=cmd_lineage)
+
+    conf = sub.add_parser("config", help="print the resolved configuration (--explain: every setting documented)")
+    common(conf)
+    conf.add_argument("--explain", action="store_true", help="a table of every setting: key, type, default, meaning")
+    conf.set_defaults(fn=cmd_config)
 
     rep = sub.add_parser("report", help="rebuild a run's report card (HTML + Markdown + plots) from MLflow")
     common(rep)

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from components.common.config import Config
-from components.common.kubernetes_config import SecretEnv, Toleration
+from components.common.config.kubernetes import SecretEnv, Toleration
 from components.common.ray_cluster import endpoint_env
 
 

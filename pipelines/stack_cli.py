@@ -187,7 +187,7 @@ def client_env(info: StackInfo) -> dict[str, str]:
 
 
 def cmd_stack_run(args: argparse.Namespace) -> int:
-    from pipelines.cli import new_run_id
+    from components.common.run_id import new_run_id
 
     run_id = args.run_id or new_run_id()
     timings: dict[str, float] = {}

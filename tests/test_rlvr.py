@@ -10,15 +10,15 @@ from components.common import storage
 from components.common.tracking import Tracker
 from components.data_prep.step import run_data_prep
 from components.pretrain.step import run_pretrain
-from components.rlvr.grpo import problems_dataset, trainer_batch
+from components.rlvr.grpo import problems_dataset
 from components.rlvr.step import run_rlvr
 from tests.faults import kill_worker_after_first_checkpoint
 
 
 def test_grpo_batch_counts_replies_not_prompts(make_config):
     rc = make_config("rlvr.prompts_per_step=3", "rlvr.num_generations=4").rlvr
-    assert trainer_batch(rc).micro_batch_size == 12
-    assert trainer_batch(rc).grad_accum == 1
+    assert rc.per_device_batch == 12
+    assert rc.accumulation == 1
 
 
 def test_problem_rows_keep_the_verifier_columns():

@@ -20,7 +20,7 @@ import torch
 from transformers import TrainerCallback
 
 from components.common import storage
-from components.common.config import Config
+from components.common.config import Config, ScheduleSettings
 from components.common.deepspeed_config import build_deepspeed_config, resolve_precision
 from components.common.ds_checkpoint import write_owner
 from components.common.metrics_sink import MetricsSink
@@ -45,14 +45,14 @@ def fetch_checkpoint(uri: str) -> Path:
     return storage.download_dir(uri, scratch_dir("ckpt"))
 
 
-def common_training_args(cfg: Config, stage: Any, prefix: str) -> dict[str, Any]:
-    """The TrainingArguments every TRL trainer here shares, from a stage's config section
-    (steps, micro_batch_size, grad_accum, lr, warmup_steps, checkpoint_every, log_every)."""
+def common_training_args(cfg: Config, stage: ScheduleSettings, prefix: str) -> dict[str, Any]:
+    """The TrainingArguments every TRL trainer here shares, from a stage's schedule settings
+    (steps, lr, warmup, checkpoint and log intervals, and its batch shape)."""
     return {
         "output_dir": str(scratch_dir(prefix)),
         "max_steps": stage.steps,
-        "per_device_train_batch_size": stage.micro_batch_size,
-        "gradient_accumulation_steps": stage.grad_accum,
+        "per_device_train_batch_size": stage.per_device_batch,
+        "gradient_accumulation_steps": stage.accumulation,
         "learning_rate": stage.lr,
         "lr_scheduler_type": "cosine",
         "warmup_steps": stage.warmup_steps,
@@ -66,7 +66,7 @@ def common_training_args(cfg: Config, stage: Any, prefix: str) -> dict[str, Any]
         "seed": cfg.seed,
         "dataloader_num_workers": 0,
         "gradient_checkpointing": False,
-        "deepspeed": build_deepspeed_config(cfg.deepspeed, stage.micro_batch_size, stage.grad_accum),
+        "deepspeed": build_deepspeed_config(cfg.deepspeed, stage.per_device_batch, stage.accumulation),
         **trainer_precision_args(cfg),
     }
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from components.common import storage
+from components.common.run_id import check_run_id
 from components.common.config import Config
 from components.common.tracking import Tracker
 
@@ -21,8 +22,7 @@ log = logging.getLogger(__name__)
 
 def run_uri(cfg: Config, run_id: str) -> str:
     """Everything a pipeline run writes lives under ``<storage.root>/<run_id>``."""
-    if not run_id or "/" in run_id:
-        raise ValueError(f"invalid run id {run_id!r}")
+    check_run_id(run_id)
     return storage.join(storage.normalize(cfg.storage.root), run_id)
 
 

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from components.common.config import PPOHyperparams
+
 
 # --------------------------------------------------------------------------------------------
 # Model: causal LM + value head
@@ -438,25 +440,6 @@ def value_loss(
 # --------------------------------------------------------------------------------------------
 # Update and iteration
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class PPOHyperparams:
-    """PPO knobs; defaults sized for a ~1M-parameter model and short chat replies."""
-
-    kl_coef: float = 0.05
-    gamma: float = 1.0
-    lam: float = 0.95
-    clip_range: float = 0.2
-    clip_range_value: float = 0.2
-    vf_coef: float = 0.5
-    ppo_epochs: int = 2
-    minibatch_size: int = 8
-    missing_eos_penalty: float = 1.0
-    max_new_tokens: int = 24
-    temperature: float = 1.0
-    top_k: int | None = None
-    whiten_advantages: bool = True
 
 
 def ppo_update(

@@ -49,7 +49,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     from components.common.metrics_sink import MetricsSink
     from components.common.modeling import load_model, load_tokenizer
     from components.common.progress import StepTimer
-    from components.preference.ppo import PolicyWithValue, PPOHyperparams, ppo_iteration
+    from components.preference.ppo import PolicyWithValue, ppo_iteration
     from components.preference.reward import load_reward_model, reward_scores
 
     setup_logging()
@@ -80,12 +80,6 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     if restored:
         log.info("PPO resumed from checkpoint at iteration %d", start)
 
-    hp = PPOHyperparams(
-        kl_coef=pc.kl_coef, gamma=pc.gamma, lam=pc.lam, clip_range=pc.clip_range,
-        clip_range_value=pc.clip_range_value, vf_coef=pc.vf_coef, ppo_epochs=pc.ppo_epochs,
-        minibatch_size=pc.minibatch_size, missing_eos_penalty=pc.missing_eos_penalty,
-        max_new_tokens=pc.max_new_tokens, temperature=pc.temperature,
-    )
     sink = MetricsSink(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
     prefix = config.get("metric_prefix", "")
     history: list[dict[str, float]] = []
@@ -100,7 +94,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
 
         torch.manual_seed(cfg.seed * 1_000_003 + iteration * world + rank)
         generator = torch.Generator().manual_seed(cfg.seed + iteration)
-        stats = ppo_iteration(engine.module, reference, tokenizer, texts, score, optimizer_step, hp, generator)
+        stats = ppo_iteration(engine.module, reference, tokenizer, texts, score, optimizer_step, pc, generator)
         done = iteration + 1
         # the mean over workers is what the run did; every rank takes part in the reduce
         keys = sorted(stats)

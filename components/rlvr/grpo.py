@@ -16,10 +16,9 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
 
-from components.common.config import Config, RlvrStageConfig
+from components.common.config import Config
 from components.common.scratch import cleans_scratch
 
 
@@ -68,23 +67,6 @@ def problems_dataset(
     return Dataset.from_list(rows)
 
 
-def trainer_batch(rc: RlvrStageConfig) -> SimpleNamespace:
-    """The stage's settings in the shape ``hf_worker.common_training_args`` reads.
-
-    TRL counts GRPO batches in *replies*: each worker trains on ``prompts_per_step`` problems
-    times ``num_generations`` sampled replies per step, with no gradient accumulation.
-    """
-    return SimpleNamespace(
-        steps=rc.steps,
-        micro_batch_size=rc.prompts_per_step * rc.num_generations,
-        grad_accum=1,
-        lr=rc.lr,
-        warmup_steps=rc.warmup_steps,
-        checkpoint_every=rc.checkpoint_every,
-        log_every=rc.log_every,
-    )
-
-
 def grpo_config(cfg: Config, **overrides: Any):
     """GRPOConfig for this preset (the benchmark builds the same trainer outside Ray)."""
     from trl import GRPOConfig
@@ -93,7 +75,7 @@ def grpo_config(cfg: Config, **overrides: Any):
 
     rc = cfg.rlvr
     args = {
-        **hf_worker.common_training_args(cfg, trainer_batch(rc), "rlvr"),
+        **hf_worker.common_training_args(cfg, rc, "rlvr"),
         "num_generations": rc.num_generations,
         "max_completion_length": rc.max_new_tokens,
         "temperature": rc.temperature,

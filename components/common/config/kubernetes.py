@@ -20,7 +20,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from components.common.config.base import Strict
 
 # The same grammar KFP's PipelineTask accepts, checked here so a bad value is a config error
 # naming the key rather than a ValueError deep in the compiler.
@@ -33,17 +35,13 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 LIGHT_STAGES: frozenset[str] = frozenset({"data_prep", "evaluate"})
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
 def _check_dns_name(value: str | None, what: str) -> str | None:
     if value is not None and (len(value) > 253 or not _DNS_NAME.match(value)):
         raise ValueError(f"{what} '{value}' is not a valid Kubernetes name")
     return value
 
 
-class Toleration(_Strict):
+class Toleration(Strict):
     """A pod toleration, e.g. for GPU nodes tainted ``nvidia.com/gpu:NoSchedule``."""
 
     key: str | None = None
@@ -70,13 +68,13 @@ class Toleration(_Strict):
         return self
 
 
-class TaskResources(_Strict):
+class TaskResources(Strict):
     """What one class of task (or one stage) asks Kubernetes for. ``None`` = inherit/derive."""
 
-    cpu_request: str | None = None
-    cpu_limit: str | None = None
-    memory_request: str | None = None
-    memory_limit: str | None = None
+    cpu_request: str | None = Field(default=None, description="CPU request of the task pod (e.g. '4', '500m').")
+    cpu_limit: str | None = Field(default=None, description="CPU limit of the task pod.")
+    memory_request: str | None = Field(default=None, description="Memory request of the task pod (e.g. '16Gi').")
+    memory_limit: str | None = Field(default=None, description="Memory limit of the task pod.")
     gpus: int | None = Field(
         default=None, ge=0,
         description="GPUs for the task pod. None: training tasks in ray.mode=local take "
@@ -87,8 +85,8 @@ class TaskResources(_Strict):
         description="Size of a memory-backed /dev/shm; NCCL and DataLoader workers need more "
         "than the container runtime's 64Mi default.",
     )
-    node_selector: dict[str, str] | None = None
-    tolerations: list[Toleration] | None = None
+    node_selector: dict[str, str] | None = Field(default=None, description="Node labels the task pod needs.")
+    tolerations: list[Toleration] | None = Field(default=None, description="Taints the task pod tolerates.")
 
     @field_validator("cpu_request", "cpu_limit")
     @classmethod
@@ -113,7 +111,7 @@ class TaskResources(_Strict):
         return value
 
 
-class RayPlacement(_Strict):
+class RayPlacement(Strict):
     """Where the training stages' Ray Train workers run.
 
     - ``local``: Ray starts inside the training task's pod (one node; GPUs from ``ray``).
@@ -132,17 +130,25 @@ class RayPlacement(_Strict):
     dashboard, so secrets are never forwarded through it.
     """
 
-    mode: Literal["local", "cluster"] = "local"
-    submit: Literal["jobs", "rayjob", "client"] = "jobs"
+    mode: Literal["local", "cluster"] = Field(
+        default="local", description="local: the task pod is the Ray cluster; cluster: submit to KubeRay."
+    )
+    submit: Literal["jobs", "rayjob", "client"] = Field(
+        default="jobs", description="cluster mode: Jobs API, an ephemeral RayJob, or Ray Client."
+    )
     address: str | None = Field(default=None, description="Jobs API (http://…:8265) or Ray Client (ray://…:10001) address.")
     namespace: str = Field(default="fromscratch", description="Namespace of the RayCluster / RayJobs.")
     cluster_name: str | None = Field(default=None, description="rayjob: run on this existing RayCluster.")
-    head_cpu: str = "4"
-    head_memory: str = "16Gi"
+    head_cpu: str = Field(default="4", description="rayjob ephemeral cluster: CPUs of the head pod.")
+    head_memory: str = Field(default="16Gi", description="rayjob ephemeral cluster: memory of the head pod.")
     worker_memory: str | None = Field(default=None, description="rayjob ephemeral cluster: memory per worker pod.")
-    ttl_seconds_after_finished: int = Field(default=600, ge=0)
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
-    poll_seconds: float = Field(default=10.0, gt=0)
+    ttl_seconds_after_finished: int = Field(
+        default=600, ge=0, description="rayjob: seconds a finished RayJob's cluster is kept."
+    )
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=1, description="rayjob: seconds after which Kubernetes stops the job."
+    )
+    poll_seconds: float = Field(default=10.0, gt=0, description="Seconds between status polls of a submitted job.")
     entrypoint_num_cpus: float = Field(
         default=0.0, ge=0, description="CPUs reserved for the job's driver (0: it runs beside the workers)."
     )
@@ -184,7 +190,7 @@ class RayPlacement(_Strict):
         return self
 
 
-class SecretEnv(_Strict):
+class SecretEnv(Strict):
     """A Kubernetes Secret exposed to task pods as environment variables."""
 
     name: str
@@ -207,7 +213,7 @@ class SecretEnv(_Strict):
         return value
 
 
-class KubernetesConfig(_Strict):
+class KubernetesConfig(Strict):
     """Where and with what each KFP task runs on a cluster."""
 
     namespace: str = Field(default="kubeflow", description="KFP namespace (multi-user: the profile).")
@@ -233,7 +239,7 @@ class KubernetesConfig(_Strict):
         description="Key in mlflow_secret → environment variable.",
     )
     extra_secrets: list[SecretEnv] = Field(default_factory=list, description="More Secrets as env (e.g. an HF token).")
-    image_pull_secrets: list[str] = Field(default_factory=list)
+    image_pull_secrets: list[str] = Field(default_factory=list, description="Secrets for pulling the image.")
     env: dict[str, str] = Field(default_factory=dict, description="Plain environment variables for every task.")
     accelerator_type: str = Field(default="nvidia.com/gpu", description="Extended resource name of the GPUs.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="For every task (classes add to it).")

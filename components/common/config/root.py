@@ -1,0 +1,64 @@
+"""The whole run configuration: one section per part of the preset YAML, in the same order."""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import Field, model_validator
+
+from components.common.config.base import Strict
+from components.common.config.data import DataConfig
+from components.common.config.evaluate import EvaluateConfig, PromotionConfig
+from components.common.config.infra import (
+    DeepSpeedConfig, PipelineConfig, RayConfig, StorageConfig, TrackingConfig,
+)
+from components.common.config.kubernetes import KubernetesConfig
+from components.common.config.model import ModelConfig
+from components.common.config.preference import PreferenceStageConfig
+from components.common.config.pretrain import PretrainConfig
+from components.common.config.rlvr import RlvrStageConfig
+from components.common.config.sft import SFTStageConfig
+
+
+class Config(Strict):
+    """The whole run configuration; one instance is resolved per pipeline run."""
+
+    preset: str = Field(default="tiny", description="The preset this configuration was loaded from.")
+    seed: int = Field(default=1234, description="Seed of everything random in the run (data, init, sampling).")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+    preference: PreferenceStageConfig = Field(default_factory=PreferenceStageConfig)
+    rlvr: RlvrStageConfig = Field(default_factory=RlvrStageConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
+    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+
+    @model_validator(mode="after")
+    def _elastic_checkpoints(self) -> "Config":
+        elastic = self.ray.min_workers is not None and self.ray.min_workers < self.ray.num_workers
+        if self.deepspeed.elastic_checkpoint is None:
+            self.deepspeed.elastic_checkpoint = elastic
+        elif elastic and not self.deepspeed.elastic_checkpoint and self.deepspeed.zero_stage in (1, 2):
+            raise ValueError(
+                "ray.min_workers < ray.num_workers needs deepspeed.elastic_checkpoint (ZeRO-1/2 state "
+                "must load into fewer workers)"
+            )
+        if elastic and self.deepspeed.zero_stage == 3:
+            raise ValueError("ray.min_workers (elastic training) supports deepspeed.zero_stage 0-2, not 3")
+        return self
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, text: str) -> "Config":
+        from components.common.config.loader import validate
+
+        return validate(json.loads(text), source="config JSON")
