@@ -230,3 +230,25 @@ def test_the_signing_key_is_not_derived_from_the_token(tmp_path):
     assert s1.signing_key not in derivable
     with pytest.raises(ValidationError, match="at least 16 characters"):
         LabelSettings(token=TOKEN, secret="short")
+
+
+def test_serve_passes_the_limits_and_the_secret_to_the_page(tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    from pipelines.cli import build_parser
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: served.update(app=app, **kw))
+    monkeypatch.setenv("FROMSCRATCH_LABEL_TOKEN", TOKEN)
+    monkeypatch.delenv("FROMSCRATCH_LABEL_SECRET", raising=False)
+    argv = ["label", "serve", "--db", f"sqlite:///{tmp_path / 'l.db'}", "--cookie-secure", "--session-ttl-s", "600",
+            "--login-max-failures", "4", "--login-window-s", "30", "--login-lockout-s", "120"]
+    args = build_parser().parse_args(argv)
+    assert args.fn(args) == 0
+    settings = served["app"].state.settings
+    assert (settings.cookie_secure, settings.session_ttl_s, settings.login_max_failures,
+            settings.login_window_s, settings.login_lockout_s, settings.secret) == (True, 600, 4, 30, 120, "")
+    assert "signing key: random for this process" in capsys.readouterr().out
+    monkeypatch.setenv("FROMSCRATCH_LABEL_SECRET", "k" * 20)
+    assert args.fn(args) == 0
+    assert served["app"].state.settings.secret == "k" * 20
