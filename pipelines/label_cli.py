@@ -6,7 +6,8 @@
 
 The database is ``--db`` or ``FROMSCRATCH_LABEL_DB`` (SQLite file by default, PostgreSQL by
 URL); the access token is ``--token`` or ``FROMSCRATCH_LABEL_TOKEN`` (a random one is made and
-printed when neither is set).
+printed when neither is set). The signing key is ``FROMSCRATCH_LABEL_SECRET`` (needed for
+sessions that survive a restart or work across replicas), else random for this process.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def _serve_options(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--host", default=d("127.0.0.1"), help="bind address (0.0.0.0 in a container)")
     p.add_argument("--port", type=int, default=d(8765))
     p.add_argument("--cookie-secure", action="store_true", default=d(False), help="HTTPS-only session cookie")
+    p.add_argument("--session-ttl-s", type=int, default=d(12 * 3600), help="session lifetime in seconds (default 12 h)")
+    p.add_argument("--login-max-failures", type=int, default=d(10),
+                   help="wrong tokens from one address within --login-window-s before it is locked out (default 10)")
+    p.add_argument("--login-window-s", type=int, default=d(900), help="default 900")
+    p.add_argument("--login-lockout-s", type=int, default=d(900), help="how long a locked-out address is refused (default 900)")
     p.add_argument("--no-serve", action="store_true", default=d(False), help="only sample and store the pairs")
     p.add_argument("--preset", default=d("tiny"), help="preset for MLflow/storage settings (default: tiny)")
     p.add_argument("--set", action="append", default=d(None), metavar="KEY=VALUE", help="dotted config override")
@@ -70,8 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.no_serve:
         return 0
     token, generated = token_from_env_or_new(args.token)
+    secret = os.environ.get(SECRET_ENV, "")
     settings = LabelSettings(
-        db_url=db_url, token=token, secret=os.environ.get(SECRET_ENV, ""), cookie_secure=args.cookie_secure
+        db_url=db_url, token=token, secret=secret, cookie_secure=args.cookie_secure,
+        session_ttl_s=args.session_ttl_s, login_max_failures=args.login_max_failures,
+        login_window_s=args.login_window_s, login_lockout_s=args.login_lockout_s,
     )
     import uvicorn
 
@@ -83,6 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"labelling page: http://{args.host}:{args.port}/  ({progress.total_pairs} pairs, {progress.total_votes} votes; db {db_url})")
     if generated:
         print(f"access token (set FROMSCRATCH_LABEL_TOKEN to choose one): {token}")
+    if not secret:
+        print(f"signing key: random for this process ({SECRET_ENV} unset): a restart signs everyone out")
     uvicorn.run(create_app(settings, repo), host=args.host, port=args.port, log_level="info")
     return 0
 

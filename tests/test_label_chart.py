@@ -3,6 +3,8 @@ validate against the Kubernetes schemas and run `fromscratch label serve` as the
 
 from __future__ import annotations
 
+import base64
+import re
 import shlex
 from typing import Any
 
@@ -84,6 +86,7 @@ def test_label_values_existing_secret_db_url_and_two_models():
     assert env["FROMSCRATCH_LABEL_DB"] == "postgresql://u@db:5432/x" and "PGPASSWORD" not in env
     (deployment,) = find(objects, "Deployment", "fromscratch-label")
     assert "initContainers" not in deployment["spec"]["template"]["spec"]
+    assert env["FROMSCRATCH_LABEL_SECRET"] == {"secretKeyRef": {"name": "my-label", "key": "FROMSCRATCH_LABEL_SECRET"}}
     args = build_parser().parse_args(container["command"][1:] + container["args"])
     assert (args.model, args.model_b, args.prompts, args.cookie_secure) == ("s3://b/ckpt-a", "s3://b/ckpt-b", "s3://b/prompts.jsonl", True)
     assert args.set == ["tracking.uri=http://mlflow:5000"]
@@ -100,3 +103,40 @@ def test_chart_with_the_label_page_lints_clean():
     report = helm.lint(CHART, ON, strict=True)
     assert not report["errors"], report
     assert not [m for m in report["messages"] if m["severity"] >= 2], report["messages"]
+
+
+def _secret_data(objects: list[dict]) -> dict[str, str]:
+    (secret,) = find(objects, "Secret", "fromscratch-label")
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
+def test_label_signing_secret_is_random_required_and_cookies_are_secure(label_chart):
+    """The chart makes a random signing key (not the token, not derived from it), the pod cannot
+    start without it, and the session cookie is Secure unless turned off for plain HTTP."""
+    objects = label_chart["objects"]
+    data = _secret_data(objects)
+    secret, token = data["FROMSCRATCH_LABEL_SECRET"], data["FROMSCRATCH_LABEL_TOKEN"]
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", secret) and token not in secret
+    again = _secret_data(render(extra=ON)["objects"])  # no cluster to look up: a fresh one each time
+    assert again["FROMSCRATCH_LABEL_SECRET"] != secret
+    given = _secret_data(render(extra={"label": {"enabled": True, "token": "chosen-token-123"}})["objects"])
+    assert given["FROMSCRATCH_LABEL_TOKEN"] == "chosen-token-123"
+    assert "chosen-token-123" not in given["FROMSCRATCH_LABEL_SECRET"] and len(given["FROMSCRATCH_LABEL_SECRET"]) == 48
+    container = _container(objects)
+    env = _env(container)
+    assert env["FROMSCRATCH_LABEL_SECRET"] == {"secretKeyRef": {"name": "fromscratch-label", "key": "FROMSCRATCH_LABEL_SECRET"}}
+    assert "FORWARDED_ALLOW_IPS" not in env
+    args = build_parser().parse_args(container["command"][1:] + container["args"])
+    assert args.cookie_secure is True
+    assert (args.session_ttl_s, args.login_max_failures, args.login_window_s, args.login_lockout_s) == (43200, 10, 900, 900)
+    # plain-HTTP local use turns Secure off; the limits and the proxy list are values too
+    objects = render(extra={"label": {
+        "enabled": True, "cookieSecure": False, "sessionSeconds": 3600, "forwardedAllowIps": "10.0.0.0/8",
+        "login": {"maxFailures": 3, "windowSeconds": 60, "lockoutSeconds": 600},
+    }})["objects"]
+    validate_all(objects)
+    container = _container(objects)
+    args = build_parser().parse_args(container["command"][1:] + container["args"])
+    assert args.cookie_secure is False and "--cookie-secure" not in container["args"]
+    assert (args.session_ttl_s, args.login_max_failures, args.login_window_s, args.login_lockout_s) == (3600, 3, 60, 600)
+    assert _env(container)["FORWARDED_ALLOW_IPS"] == "10.0.0.0/8"

@@ -2,7 +2,7 @@
 
 Routes
   GET  /login           the sign-in form
-  POST /login           token + name → a signed, HttpOnly session cookie
+  POST /login           token + name → a signed, HttpOnly session cookie (limited: see below)
   POST /logout          forget the cookie
   GET  /                the next pair for this labeler (or "all done"), with progress
   POST /vote            pair_id + form token + choice (+ comment) → stored once, then back to /
@@ -14,12 +14,25 @@ Safety
   a missed escape could not run an inline script.
 - Every state change needs the session cookie (SameSite=Strict) *and* a form token minted for
   this labeler and pair: that is the CSRF defence and the replay defence at once.
+- Sign-in is limited per client address: every wrong token is answered after
+  ``login_failure_delay_s``, and after ``login_max_failures`` wrong tokens within
+  ``login_window_s`` the address is refused with 429 and ``Retry-After`` for
+  ``login_lockout_s`` seconds, the right token included. The count lives in the database (one
+  row per address, updated under a row lock), so the limit is one limit for all workers and
+  replicas sharing the database, and concurrent guesses cannot get past it. The address is
+  the TCP peer, or ``X-Forwarded-For`` when the peer is a trusted proxy (uvicorn's
+  ``FORWARDED_ALLOW_IPS``); everyone behind one address shares its count.
+- A session lasts ``session_ttl_s``: the cookie carries its signed issue time and a keyed
+  fingerprint of the token, and the server refuses it when it is older, dated in the future,
+  tampered with, or issued under another token. The signing key is ``FROMSCRATCH_LABEL_SECRET``
+  or random, never derived from the token.
 - Bodies over ``max_body_bytes``, comments over ``max_comment_chars`` and comments or names
   carrying markup are refused with a message, before anything is stored.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -34,7 +47,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
 from components.label import signing
-from components.label.repository import Repository, VoteRefused
+from components.label.repository import Repository, SignIn, VoteRefused
 from components.label.settings import CHOICE_LABELS, CHOICES, LabelSettings
 
 log = logging.getLogger(__name__)
@@ -59,9 +72,10 @@ SECURITY_HEADERS = {
 class Refused(Exception):
     """A request refused with an HTTP status and a message for the person."""
 
-    def __init__(self, status: int, message: str, code: str) -> None:
+    def __init__(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
+        self.headers = headers or {}
 
 
 class _Guard(BaseHTTPMiddleware):
@@ -94,6 +108,7 @@ def _plain(status: int, code: str, message: str) -> Response:
 def create_app(settings: LabelSettings, repo: Repository | None = None) -> FastAPI:
     repo = repo or Repository.from_url(settings.db_url)
     key = settings.signing_key
+    token_id = settings.token_id
     app = FastAPI(title="fromscratch labelling", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.repo = repo
     app.state.settings = settings
@@ -108,11 +123,16 @@ def create_app(settings: LabelSettings, repo: Repository | None = None) -> FastA
     def refused(request: Request, err: Refused) -> Response:
         log.info("label: refused %s %s: %s", request.method, request.url.path, err.message)
         if "application/json" in request.headers.get("accept", ""):
-            return _plain(err.status, err.code, err.message)
-        return page(request, "error.html", status=err.status, message=err.message, code=err.code)
+            response = _plain(err.status, err.code, err.message)
+        else:
+            response = page(request, "error.html", status=err.status, message=err.message, code=err.code)
+        response.headers.update(err.headers)
+        return response
 
     def labeler_of(request: Request) -> str | None:
-        return signing.labeler_of(key, request.cookies.get(COOKIE))
+        return signing.labeler_of(
+            key, request.cookies.get(COOKIE), token_id, settings.session_ttl_s, settings.clock_skew_s
+        )
 
     async def form(request: Request) -> dict[str, str]:
         data = await request.form()
@@ -137,7 +157,26 @@ def create_app(settings: LabelSettings, repo: Repository | None = None) -> FastA
         token, name = data.get("token", ""), data.get("name", "").strip()
         if not token:
             raise Refused(401, "an access token is required", "no_token")
-        if not hmac.compare_digest(token.encode("utf-8"), settings.token.encode("utf-8")):
+        correct = hmac.compare_digest(token.encode("utf-8"), settings.token.encode("utf-8"))
+        client = request.client.host if request.client else "unknown"
+        attempt = await run_in_threadpool(
+            repo.sign_in_attempt, client, correct, max_failures=settings.login_max_failures,
+            window_s=settings.login_window_s, lockout_s=settings.login_lockout_s,
+        )
+        if attempt.outcome == SignIn.LOCKED:
+            log.warning("label: sign-in from %s refused: locked out for %d s", client, attempt.retry_after)
+            raise Refused(
+                429, f"too many wrong access tokens from your address; try again in {attempt.retry_after} s",
+                "locked_out", {"Retry-After": str(attempt.retry_after)},
+            )
+        if attempt.outcome == SignIn.WRONG:
+            await asyncio.sleep(settings.login_failure_delay_s)
+            if attempt.retry_after:
+                log.warning("label: %s locked out after %d wrong tokens", client, settings.login_max_failures)
+                raise Refused(
+                    401, f"wrong access token; too many wrong tokens: try again in {attempt.retry_after} s",
+                    "bad_token", {"Retry-After": str(attempt.retry_after)},
+                )
             raise Refused(401, "wrong access token", "bad_token")
         if not name or len(name) > settings.max_name_chars or not NAME.match(name):
             raise Refused(
@@ -148,8 +187,8 @@ def create_app(settings: LabelSettings, repo: Repository | None = None) -> FastA
             )
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
-            COOKIE, signing.session_cookie(key, name), httponly=True, samesite="strict",
-            secure=settings.cookie_secure, max_age=30 * 24 * 3600,
+            COOKIE, signing.session_cookie(key, name, token_id), httponly=True, samesite="strict",
+            secure=settings.cookie_secure, max_age=settings.session_ttl_s,
         )
         return response
 

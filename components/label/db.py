@@ -11,6 +11,9 @@ enforces the rules the page promises:
 - a vote names an existing pair: foreign key (SQLite enforces it with ``PRAGMA foreign_keys``)
 - the choice is one of four: a CHECK constraint
 
+A third table counts wrong access tokens per client address (``label_login_failures``), so
+the sign-in limit holds across every worker and replica that shares the database.
+
 SQLite is the default (WAL, a busy timeout and ``BEGIN IMMEDIATE`` so concurrent writers queue
 instead of failing); PostgreSQL is used by URL on a cluster.
 """
@@ -23,6 +26,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -86,6 +90,18 @@ class Vote(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     pair: Mapped[Pair] = relationship(back_populates="votes")
+
+
+class LoginFailures(Base):
+    """Wrong access tokens from one client address: how many since ``window_start`` and, once
+    there were too many, until when every sign-in from it is refused (epoch seconds)."""
+
+    __tablename__ = "label_login_failures"
+
+    client: Mapped[str] = mapped_column(String(100), primary_key=True)
+    window_start: Mapped[float] = mapped_column(Float)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[float] = mapped_column(Float, default=0.0, index=True)
 
 
 def _sqlite_pragmas(engine: Engine) -> None:

@@ -4,20 +4,26 @@
 lets the database's unique constraints decide between "stored", "this form was already used"
 (replay) and "you already voted on this pair" (duplicate), so two concurrent requests can never
 both succeed.
+
+``sign_in_attempt`` is the sign-in limit: it reads and updates one client's count of wrong
+tokens under a row lock (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite transactions start
+with ``BEGIN IMMEDIATE`` and so run one at a time), so concurrent guesses cannot slip past it.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from components.label.db import Pair, Vote, make_engine
+from components.label.db import LoginFailures, Pair, Vote, make_engine
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,20 @@ class Progress:
     total_pairs: int
     labelled_pairs: int  # pairs with at least one vote (anyone's)
     total_votes: int
+
+
+@dataclass(frozen=True)
+class SignIn:
+    """The outcome of one sign-in attempt: ``ok`` (right token, not locked out), ``wrong``
+    (counted; ``retry_after`` > 0 when this one locked the client out) or ``locked`` (refused
+    without looking at the token; ``retry_after`` seconds left)."""
+
+    OK = "ok"
+    WRONG = "wrong"
+    LOCKED = "locked"
+
+    outcome: str
+    retry_after: int = 0
 
 
 class VoteRefused(Exception):
@@ -115,6 +135,44 @@ class Repository:
                 labelled_pairs=s.scalar(select(func.count(func.distinct(Vote.pair_id)))) or 0,
                 total_votes=s.scalar(select(func.count()).select_from(Vote)) or 0,
             )
+
+    # -- sign-in limit ------------------------------------------------------------------
+    def sign_in_attempt(
+        self, client: str, correct: bool, *, max_failures: int, window_s: float, lockout_s: float,
+        now: float | None = None,
+    ) -> SignIn:
+        """Count one sign-in from ``client`` whose token was ``correct`` or not. After
+        ``max_failures`` wrong tokens within ``window_s`` seconds the client is locked out for
+        ``lockout_s``: every attempt, right token or not, is ``locked`` until then."""
+        now = time.time() if now is None else now
+        client = client[:100]
+        for _ in range(3):  # a concurrent first failure may insert the same client first
+            try:
+                with self.session() as s, s.begin():
+                    row = s.scalar(select(LoginFailures).where(LoginFailures.client == client).with_for_update())
+                    if row is not None and row.locked_until > now:
+                        return SignIn(SignIn.LOCKED, max(1, math.ceil(row.locked_until - now)))
+                    if correct:
+                        return SignIn(SignIn.OK)
+                    if row is None:
+                        # forget clients whose window and lockout are long over
+                        s.execute(delete(LoginFailures).where(
+                            LoginFailures.locked_until < now, LoginFailures.window_start < now - window_s
+                        ))
+                        row = LoginFailures(client=client, window_start=now, failures=0, locked_until=0.0)
+                        s.add(row)
+                    elif now - row.window_start >= window_s:
+                        row.window_start, row.failures = now, 0
+                    row.failures += 1
+                    if row.failures < max_failures:
+                        return SignIn(SignIn.WRONG)
+                    # locked out; counting starts afresh when the lockout ends
+                    row.locked_until = row.window_start = now + lockout_s
+                    row.failures = 0
+                    return SignIn(SignIn.WRONG, max(1, math.ceil(lockout_s)))
+            except IntegrityError:
+                continue
+        raise RuntimeError(f"could not record a sign-in attempt from {client}")  # pragma: no cover
 
     # -- votes --------------------------------------------------------------------------
     def record_vote(self, pair_id: int, labeler: str, choice: str, comment: str, nonce: str) -> int:

@@ -3,6 +3,9 @@
 Both are ``<base64 JSON payload>.<base64 HMAC-SHA256>`` with the server's key, so nothing is
 kept in server memory (replicas and restarts agree) and nobody without the key can mint one.
 
+A session cookie carries the time it was issued and a keyed fingerprint of the access token;
+the server refuses one that is too old, dated in the future, or issued under another token.
+
 A form token binds one shown pair to one labeler and carries a random nonce. The vote stores
 the nonce under a unique constraint, so the same form submitted twice (a replay, a double
 click, a resent request) is refused by the database, and a token minted for one labeler or
@@ -54,19 +57,31 @@ def unsign(key: bytes, purpose: str, value: str) -> dict[str, Any]:
 
 
 # -- the session cookie -------------------------------------------------------------------
-def session_cookie(key: bytes, labeler: str) -> str:
-    return sign(key, "session", {"labeler": labeler, "at": int(time.time())})
+def session_cookie(key: bytes, labeler: str, token_id: str = "", at: int | None = None) -> str:
+    """A session for ``labeler``, issued at ``at`` (now by default) under the token ``token_id``."""
+    return sign(key, "session", {"labeler": labeler, "at": int(time.time()) if at is None else at, "tk": token_id})
 
 
-def labeler_of(key: bytes, cookie: str | None) -> str | None:
+def labeler_of(
+    key: bytes, cookie: str | None, token_id: str = "", max_age_s: int = 12 * 3600, skew_s: int = 60
+) -> str | None:
+    """Who the cookie signs in, or None when it is missing, forged, issued under another token,
+    older than ``max_age_s`` or dated more than ``skew_s`` seconds in the future."""
     if not cookie:
         return None
     try:
         payload = unsign(key, "session", cookie)
     except BadSignature:
         return None
-    labeler = payload.get("labeler")
-    return labeler if isinstance(labeler, str) and labeler else None
+    labeler, at = payload.get("labeler"), payload.get("at")
+    if not isinstance(labeler, str) or not labeler or type(at) is not int:
+        return None
+    if not hmac.compare_digest(str(payload.get("tk", "")).encode("utf-8"), token_id.encode("utf-8")):
+        return None
+    age = time.time() - at
+    if age > max_age_s or age < -skew_s:
+        return None
+    return labeler
 
 
 # -- the form token -----------------------------------------------------------------------
