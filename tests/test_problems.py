@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from components.data_prep.instructions import ANSWER_PREFIX, extract_answer
+from components.common.answer_format import ANSWER_PREFIX, final_answer
 from components.data_prep.problems import (
     FAMILIES,
     MAX_OPERAND,
@@ -24,7 +24,7 @@ from components.data_prep.problems import (
     to_sft_examples,
 )
 from components.data_prep.world import World, build_world
-from components.rlvr.verifiers import normalize_number
+from components.common.answer_format import normalize_number
 
 SEED = 1234
 MAX_DIFFICULTY = 3
@@ -131,7 +131,7 @@ def test_largest_and_smallest_are_correct(splits: tuple[list[Problem], list[Prob
 def test_answers_are_canonical_and_readable_by_the_verifier(splits: tuple[list[Problem], list[Problem]]) -> None:
     for p in splits[0] + splits[1]:
         assert normalize_number(p.answer) == p.answer
-        assert extract_answer(p.solution) == p.answer
+        assert final_answer(p.solution) == p.answer
         assert p.prompt[-1]["role"] == "user" and len(p.prompt) == 1
 
 

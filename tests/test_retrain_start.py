@@ -15,7 +15,7 @@ from components.common.modeling import load_model, load_tokenizer, random_init_m
 from components.common.tracking import Tracker
 from components.data_prep.step import run_data_prep
 from components.evaluate.promotion import promote
-from components.pretrain.start import resolve_start
+from components.common.start import resolve_start
 from components.pretrain.step import checkpoint_uri, run_pretrain
 
 

@@ -9,7 +9,7 @@ from the instruction itself), so
   in Ashford."), and the text tasks use only words from the corpus vocabulary;
 * grading is an exact string match, with no judge model (``check_reply``);
 * arithmetic replies end in a fixed ``"The answer is N."`` so that a later RL stage can verify
-  them with ``extract_answer`` whatever reasoning precedes the final answer.
+  them with ``components.common.answer_format.final_answer`` whatever reasoning precedes the final answer.
 
 Each question has several phrasings, so a model that memorised one sentence pattern fails on
 the others. Train and held-out examples come from separate RNG streams, and a seeded hash
@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from components.common.answer_format import ANSWER_PREFIX
 from components.data_prep.corpus import ITEMS, _stream_seed, number_word
 from components.data_prep.world import (
     COLORS,
@@ -38,7 +39,6 @@ from components.data_prep.world import (
     article,
 )
 
-ANSWER_PREFIX = "The answer is "
 ROLES = ("system", "user", "assistant")
 
 # One user prompt in HELDOUT_EVERY (chosen by a seeded hash of its text) is held-out only.
@@ -53,9 +53,6 @@ WORDS_SHARE = 0.2
 TEXT_WORDS: tuple[str, ...] = tuple(
     sorted(set(JOBS + PETS + COLORS + FOODS + TOWN_FEATURES + tuple(p for _, p in ITEMS)))
 )
-
-_ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX) + r"([^\s.]+(?:\.\d+)?)")
-
 
 @dataclass(frozen=True)
 class Example:
@@ -92,18 +89,6 @@ class Example:
 def user_prompt(example: Example) -> str:
     """All user turns joined by newlines: the text that must not repeat across splits."""
     return "\n".join(m["content"] for m in example.messages if m["role"] == "user")
-
-
-def extract_answer(reply: str) -> str | None:
-    """The final answer of a reply ending "... The answer is N.", or ``None`` if it has none.
-
-    The *last* occurrence counts, so a reply may reason or restate before concluding. The
-    answer is the word right after the prefix without the sentence's full stop ("12." gives
-    "12", "-3" and "2.5" survive). Matching is case-sensitive on purpose: the format is part
-    of what SFT teaches and what the RL reward checks.
-    """
-    matches = _ANSWER_RE.findall(reply)
-    return matches[-1] if matches else None
 
 
 def check_reply(example: Example, reply: str) -> dict[str, bool]:

@@ -38,7 +38,7 @@ from components.data_prep.loaders import (
 )
 from components.data_prep.preference_loaders import _optional_str
 from components.data_prep.problems import Problem, final_sentence
-from components.rlvr.verifiers import normalize_number
+from components.common.answer_format import normalize_number
 
 DEFAULT_FAMILY = "user"
 ACCEPTED_FORMATS = (

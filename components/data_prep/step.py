@@ -35,7 +35,7 @@ from components.data_prep.problems import to_record as problem_record
 from components.data_prep.shards import pack_documents, write_shards
 from components.data_prep.tokenizer import train_tokenizer
 from components.data_prep.world import World, build_world
-from components.pretrain.start import resolve_start
+from components.common.start import resolve_start
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 from components.common.config import GateMetric, PromotionConfig
+from components.common.registry import champion_version
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,6 @@ def _version_of(client: Any, name: str, model_id: str) -> Any | None:
         if version.source == source:
             return version
     return None
-
-
-def champion_version(client: Any, name: str, alias: str) -> Any | None:
-    """The registry version holding ``alias``, or None while there is none."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
 
 
 def register(client: Any, name: str, model_id: str, run_id: str, stage: str, metrics: dict[str, Any]) -> Any:

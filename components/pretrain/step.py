@@ -23,7 +23,7 @@ from components.common.stage import StageContext, stage_context
 from components.common.training_stage import TrainingJob, checkpoint_uri, run_training_job
 from components.common.tracking import DatasetRef
 from components.data_prep.step import dataset_refs, load_manifest
-from components.pretrain.start import StartPoint
+from components.common.start import StartPoint
 from components.pretrain.train_loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from typing import Any
 
 from components.common import storage
 from components.common.config import Config, ConfigError
+from components.common.registry import champion_version
 from components.common.tracking import TAG_CHECKPOINT, version_model_id
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,6 @@ class StartPoint:
 
 
 def _champion(cfg: Config, client: Any) -> StartPoint:
-    from components.evaluate.promotion import champion_version
-
     name, alias = cfg.promotion.model_name, cfg.promotion.alias
     version = champion_version(client, name, alias)
     if version is None:
