@@ -118,7 +118,7 @@ def make_client(host: str, namespace: str) -> Any:
 def compiled_package(cfg: Config, output: str | None) -> Iterator[Path]:
     """The compiled pipeline YAML: at ``--output`` (kept), or in a temporary folder that is
     removed when the command is done with it (CI submits many times a day)."""
-    from pipelines.cluster import compile_pipeline
+    from pipelines.compiled import compile_pipeline
 
     with nullcontext(None) if output else tempfile.TemporaryDirectory(prefix="fromscratch-") as tmp:
         path = Path(output) if output else Path(tmp) / "pipeline.yaml"
@@ -128,7 +128,7 @@ def compiled_package(cfg: Config, output: str | None) -> Iterator[Path]:
 
 def run_arguments(args: argparse.Namespace, package: Path) -> dict[str, str]:
     """``--param`` values (checked against the compiled pipeline) plus ``--from-champion``."""
-    from pipelines.cluster import read_compiled
+    from pipelines.compiled import read_compiled
 
     params = parse_params(args.param)
     known = read_compiled(package).parameters

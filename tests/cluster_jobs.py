@@ -1,4 +1,4 @@
-"""Small functions the cluster tests run: a training function for ``ray_cluster.run_request``
+"""Small functions the cluster tests run: a training function for ``ray_job_entry.run_request``
 and a KFP component body.
 
 They live in their own light module because Ray workers import the training function by

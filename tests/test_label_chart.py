@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pipelines.cli import build_parser
-from tests.test_cluster import find, render, validate_all
+from tests.k8s_helpers import find, render, validate_all
 
 ON = {"label": {"enabled": True}}
 
@@ -98,7 +98,7 @@ def test_label_values_existing_secret_db_url_and_two_models():
 def test_chart_with_the_label_page_lints_clean():
     import helm_python as helm
 
-    from tests.test_cluster import CHART
+    from tests.k8s_helpers import CHART
 
     report = helm.lint(CHART, ON, strict=True)
     assert not report["errors"], report

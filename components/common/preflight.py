@@ -245,7 +245,7 @@ def run_preflight(cfg: Config, ray_address: str | None = None) -> list[CheckResu
 
 
 def _submits_to_cluster(cfg: Config) -> bool:
-    from components.common.ray_cluster import submits_to_cluster
+    from components.common.ray_env import submits_to_cluster
 
     return submits_to_cluster(cfg)
 

@@ -15,6 +15,9 @@ from typing import Any, Callable
 
 from components.common import storage
 from components.common.config import Config
+from components.common.ray_env import (
+    IN_JOB_ENV, endpoint_env, ray_storage_path, runtime_env, storage_filesystem, submits_to_cluster,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,6 @@ def ensure_ray(cfg: Config) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if address:
-        from components.common.ray_cluster import IN_JOB_ENV, endpoint_env, runtime_env
-
         # The workers of a cluster started elsewhere see the driver's plain settings (S3
         # endpoint, tracking URI); credentials come from the nodes' own environment.
         env = runtime_env()
@@ -47,23 +48,6 @@ def ensure_ray(cfg: Config) -> None:
     log.info("starting a local Ray with %d CPUs", num_cpus)
     # address="local": never silently join a stray `ray start` cluster on this machine.
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, runtime_env=env, log_to_driver=True)
-
-
-def _storage_filesystem(uri: str):
-    """A pyarrow filesystem for remote storage built from fsspec (so S3 endpoints match)."""
-    if not storage.is_remote(uri):
-        return None
-    import pyarrow.fs as pafs
-
-    fs, _ = storage.filesystem(uri)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-
-
-def ray_storage_path(uri: str) -> str:
-    """Ray wants a bare path when it is given an explicit filesystem."""
-    if storage.is_remote(uri):
-        return uri.split("://", 1)[1]
-    return storage.normalize(uri)
 
 
 def scaling_config(cfg: Config):
@@ -97,11 +81,11 @@ def fit(
     Reusing ``name`` under the same ``storage_uri`` resumes: Ray Train V2 reads its checkpoint
     snapshot from that folder and hands the latest checkpoint to the new workers.
     """
-    from components.common import ray_cluster
-
-    if ray_cluster.submits_to_cluster(cfg):
+    if submits_to_cluster(cfg):
         # kubernetes.ray.mode=cluster: this pod submits the same call to the cluster's Ray.
-        return ray_cluster.fit_on_cluster(train_fn, loop_config, cfg, name, storage_uri)
+        from components.common.ray_cluster import fit_on_cluster
+
+        return fit_on_cluster(train_fn, loop_config, cfg, name, storage_uri)
 
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -115,7 +99,7 @@ def fit(
         run_config=RunConfig(
             name=name,
             storage_path=ray_storage_path(storage_uri),
-            storage_filesystem=_storage_filesystem(storage_uri),
+            storage_filesystem=storage_filesystem(storage_uri),
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),

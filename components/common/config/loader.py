@@ -13,30 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from components.common.config.base import ConfigError
-from components.common.config.root import Config
+from components.common.config.root import Config, validate
 
 PRESET_DIR = Path(__file__).resolve().parents[3] / "pipelines" / "presets"
-
-
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = []
-    for item in err.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "<root>"
-        if item["type"] == "extra_forbidden":
-            lines.append(f"unknown config key '{key}'")
-        else:
-            lines.append(f"invalid value for '{key}': {item['msg']}")
-    return f"{source}: " + "; ".join(lines)
-
-
-def validate(data: dict[str, Any], source: str) -> Config:
-    try:
-        return Config.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source)) from None
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

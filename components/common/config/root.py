@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from components.common.config.base import Strict
+from components.common.config.base import ConfigError, Strict
 from components.common.config.data import DataConfig
 from components.common.config.evaluate import EvaluateConfig, PromotionConfig
 from components.common.config.infra import (
@@ -59,6 +60,22 @@ class Config(Strict):
 
     @classmethod
     def from_json(cls, text: str) -> "Config":
-        from components.common.config.loader import validate
-
         return validate(json.loads(text), source="config JSON")
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"invalid value for '{key}': {item['msg']}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def validate(data: dict[str, Any], source: str) -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
