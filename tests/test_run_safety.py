@@ -16,9 +16,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.common import run_record, storage
+from components.common import storage
 from components.common.config import load_config
-from components.common.preflight import PreflightError, check_inputs
 from pipelines import cli
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +138,8 @@ def test_resuming_an_unknown_run_id_is_refused(tmp_path, no_start, capsys):
 
 
 def test_new_run_id_starts_a_run_and_records_its_config(tmp_path, no_start, capsys):
+    from components.common import run_record
+
     root = tmp_path / "runs"
     with pytest.raises(Started):
         _run(root, "--new-run-id", "mine", "--set", "seed=7")
@@ -177,9 +178,10 @@ def _finish(run: Path, *parts: str) -> None:
 
 def test_changed_config_resume_is_refused_with_its_keys(tmp_path, no_start, capsys):
     root = tmp_path / "runs"
-    with pytest.raises(Started):
-        _run(root, "--new-run-id", "r1")
+    # a run whose data_prep and pretrain finished, with the configuration it started with
     _finish(root / "r1", "data", "checkpoints/init", "checkpoints/pretrain")
+    started_with = json.loads(load_config("tiny", [f"storage.root={root}"]).to_json())
+    (root / "r1" / "config.json").write_text(json.dumps({"run_id": "r1", "config": started_with}))
     before = (root / "r1" / "config.json").read_text()
     code = _run(root, "--run-id", "r1", "--set", "data.generated.num_train_docs=999", "--set", "pretrain.lr=0.01",
                 "--set", "pretrain.log_every=3", "--set", "kubernetes.namespace=team-b")
@@ -241,6 +243,8 @@ def test_rerun_changed_removes_the_changed_stages_and_later_ones(tmp_path, no_st
 def test_every_setting_is_classified():
     """Each may-differ pattern names real settings (a typo would silently allow nothing), and
     a few representative keys land where they should."""
+    from components.common import run_record
+
     keys = run_record.flatten(json.loads(load_config("tiny").to_json()))
     for pattern in run_record.MAY_DIFFER:
         assert any(run_record.fnmatch.fnmatchcase(k, pattern) for k in keys), pattern
@@ -272,12 +276,12 @@ def test_mlflow_artifacts_land_under_the_storage_root_not_cwd(tmp_path, monkeypa
         (tmp_path / "db").mkdir()
     global_uri = mlflow.get_tracking_uri()
     tracker = Tracker(load_config("tiny", overrides))
-    assert "MLFLOW_TRACKING_URI" not in os.environ  # no process-wide side effect
-    assert mlflow.get_tracking_uri() == global_uri
     parent = tracker.pipeline_run("r1")
     tracker.log_text(parent, "hello", "notes/hello.txt")
     found = list(root.rglob("hello.txt"))
-    assert found and (root / "mlartifacts") in found[0].parents
+    assert found and (root / "mlartifacts") in found[0].parents, list(tmp_path.rglob("hello.txt"))
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # no process-wide side effect
+    assert mlflow.get_tracking_uri() == global_uri
     # registering a LoggedModel (what promotion does) needs no process-wide URI either
     model_id = tracker.log_checkpoint(parent, "rlvr", "file:///nowhere", None, None, [])
     tracker.client.create_registered_model("m")
@@ -299,6 +303,8 @@ def test_missing_preference_file_is_refused_by_preflight(tmp_path, no_start, cap
 
 
 def test_preflight_names_every_missing_input_at_once(tmp_path, make_config):
+    from components.common.preflight import PreflightError, check_inputs
+
     present = tmp_path / "corpus.txt"
     present.write_text("a\nb\n")
     empty = tmp_path / "empty"
