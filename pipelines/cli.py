@@ -173,6 +173,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from components.evaluate.report_card import publish_report_card
     from pipelines.reporting import ReportError, default_report_dir, rebuild_report_card
 
+    try:
+        check_run_id(args.run_id)  # the card is written under <root>/<run-id>/eval
+    except ValueError as err:
+        print(f"fromscratch: {err}", file=sys.stderr)
+        return 2
     cfg = resolved_config(args)
     try:
         card = rebuild_report_card(Tracker(cfg), args.run_id)
@@ -207,6 +212,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     from components.common.tracking import Tracker
 
+    if not args.target.startswith("m-"):
+        try:
+            check_run_id(args.target)  # it goes into an MLflow search filter
+        except ValueError as err:
+            print(f"fromscratch: {err}", file=sys.stderr)
+            return 2
     cfg = resolved_config(args)
     tracker = Tracker(cfg)
     model_id = args.target

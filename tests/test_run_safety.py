@@ -331,3 +331,27 @@ def test_preflight_names_every_missing_input_at_once(tmp_path, make_config):
         check_inputs(make_config(f"pretrain.init_from={tmp_path / 'ckpt'}"))
     assert "generated data" in check_inputs(make_config())
     assert "1 input path(s) found" in check_inputs(make_config(f"data.sources=[{{uri: '{present}'}}]"))
+
+
+def test_report_with_a_dotdot_run_id_writes_nothing_outside(tmp_path, capsys):
+    root, keep = _sandbox(tmp_path)
+    root.mkdir()
+    assert cli.main(["report", "..", "--set", f"storage.root={root}"]) == 2
+    assert "invalid run id '..'" in capsys.readouterr().err
+    assert sorted(p.name for p in root.parent.iterdir()) == ["data", "root"]
+    assert not any(root.iterdir())
+
+
+def test_stack_run_checks_its_run_id_before_the_stack_starts(monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise Started("the stack would start here")
+
+    monkeypatch.setattr("pipelines.stack_cli.LocalStack", refuse)
+    assert cli.main(["stack", "run", "--run-id", "../x"]) == 2
+    assert "invalid run id '../x'" in capsys.readouterr().err
+    # a stack run starts a new run: the inner `fromscratch run` gets --new-run-id
+    from pipelines.stack_cli import pipeline_command
+
+    info = SimpleNamespace(overrides=lambda: [], ray_address="127.0.0.1:1")
+    cmd = pipeline_command(info, "r1", "tiny", [])
+    assert cmd[cmd.index("--new-run-id") + 1] == "r1" and "--run-id" not in cmd
