@@ -90,6 +90,10 @@ def _open_run(cfg: Config, args: argparse.Namespace) -> tuple[str, str]:
             log.warning("run %s has no recorded configuration (%s); recording this one", run_id,
                         run_record.record_uri(run_dir))
         if plan.rerun:
+            from components.common.tracking import Tracker
+
+            stages = [name for stage in plan.rerun for name in run_record.MLFLOW_STAGES[stage]]
+            Tracker(cfg).retire_stage_runs(run_id, stages)
             print(f"configuration changed ({', '.join(plan.changed)}): re-running {', '.join(plan.rerun)}",
                   flush=True)
         return run_id, run_dir

@@ -229,8 +229,17 @@ def test_rerun_changed_removes_the_changed_stages_and_later_ones(tmp_path, no_st
     _finish(run, "data", "checkpoints/init", "checkpoints/pretrain", "checkpoints/sft", "ray/sft", "eval")
     outside = tmp_path / "beside.txt"
     outside.write_text("keep")
+    from components.common.tracking import Tracker
+
+    tracker = Tracker(load_config("tiny", [f"storage.root={root}"]))
+    parent = tracker.pipeline_run("r1")
+    old_sft, old_pretrain = tracker.stage_run(parent, "r1", "sft"), tracker.stage_run(parent, "r1", "pretrain")
     with pytest.raises(Started):
         _run(root, "--run-id", "r1", "--rerun-changed", "--set", "sft.lr=0.002")
+    # the re-run sft opens a fresh MLflow run (the old one keeps its parameters); pretrain's stays
+    assert tracker.stage_run(parent, "r1", "sft") != old_sft
+    assert tracker.client.get_run(old_sft).data.tags["fromscratch.stage"] == "sft.replaced"
+    assert tracker.stage_run(parent, "r1", "pretrain") == old_pretrain
     assert "re-running sft, evaluate" in capsys.readouterr().out
     assert (run / "data" / "_COMPLETE").exists() and (run / "checkpoints" / "pretrain" / "_COMPLETE").exists()
     assert not (run / "checkpoints" / "sft").exists() and not (run / "ray" / "sft").exists()
@@ -238,6 +247,14 @@ def test_rerun_changed_removes_the_changed_stages_and_later_ones(tmp_path, no_st
     assert outside.read_text() == "keep"
     record = json.loads((run / "config.json").read_text())
     assert record["config"]["sft"]["lr"] == 0.002 and record["rerun_on_resume"] == ["sft", "evaluate"]
+
+
+def test_a_run_from_before_records_is_resumed_and_recorded(tmp_path, no_start):
+    root = tmp_path / "runs"
+    _finish(root / "old", "data")
+    with pytest.raises(Started):
+        _run(root, "--run-id", "old", "--set", "seed=9")
+    assert json.loads((root / "old" / "config.json").read_text())["config"]["seed"] == 9
 
 
 def test_every_setting_is_classified():

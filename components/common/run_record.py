@@ -46,6 +46,12 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
     "evaluate": ("eval",),
 }
 
+# The MLflow stage runs each stage opens (pretrain also opens the random init's run).
+MLFLOW_STAGES: dict[str, tuple[str, ...]] = {
+    "data_prep": ("data_prep",), "pretrain": ("init", "pretrain"), "sft": ("sft",),
+    "preference": ("preference",), "rlvr": ("rlvr",), "evaluate": ("evaluate",),
+}
+
 # Settings that may differ on resume, each with the reason it cannot change what a finished
 # stage produced. Patterns are fnmatch-style over dotted keys.
 MAY_DIFFER: dict[str, str] = {

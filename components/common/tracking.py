@@ -167,6 +167,24 @@ class Tracker:
         )
         return run.info.run_id
 
+    def retire_stage_runs(self, run_id: str, stages: list[str]) -> list[str]:
+        """Set aside the MLflow runs of ``stages`` in pipeline run ``run_id`` (their stage tag
+        becomes ``<stage>.replaced``), so a stage that runs again with other settings opens a
+        fresh MLflow run (parameters cannot be overwritten) instead of reopening the old one.
+        Their models stay, with lineage to the runs that made them; returns the runs set aside."""
+        retired = []
+        for stage in stages:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{TAG_RUN_ID}` = '{run_id}' and tags.`{TAG_STAGE}` = '{stage}'",
+            )
+            for run in runs:
+                self.client.set_tag(run.info.run_id, TAG_STAGE, f"{stage}.replaced")
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
+                retired.append(run.info.run_id)
+        return retired
+
     def end_run(self, mlflow_run_id: str, ok: bool) -> None:
         self.client.set_terminated(mlflow_run_id, status="FINISHED" if ok else "FAILED")
 
