@@ -19,7 +19,7 @@ from pathlib import Path
 from components.common import storage
 from components.common.config import Config, ConfigError, load_config
 from components.common.errors import DataError
-from components.common.run_id import new_run_id
+from components.common.run_id import check_run_id, new_run_id
 from components.data_prep.loaders import check_sources
 from pipelines.cluster_cli import add_cluster_commands
 from pipelines.label_cli import add_label_commands
@@ -51,11 +51,76 @@ def _start_ray(cfg: Config) -> None:
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
 
 
+def _check_run_id_arg(args: argparse.Namespace) -> str | None:
+    """The problem with ``--run-id``/``--new-run-id``, or None: checked before anything loads."""
+    given = args.run_id if args.run_id is not None else args.new_run_id
+    if args.rerun_changed and args.run_id is None:
+        return "--rerun-changed only applies to a resume (--run-id ID)"
+    if given is None:
+        return None
+    try:
+        check_run_id(given)
+    except ValueError as err:
+        return str(err)
+    return None
+
+
+def _open_run(cfg: Config, args: argparse.Namespace) -> tuple[str, str]:
+    """``(run_id, run_dir)`` of the run to start or resume; ``RunRefused`` when it may not.
+
+    ``--run-id`` resumes a run that exists under the storage root (comparing its configuration
+    with the one recorded at its start); ``--new-run-id`` (or no id) starts a new one and
+    records its configuration."""
+    from components.common import run_record
+
+    root = cfg.storage.root
+    if args.run_id is not None:
+        run_id = args.run_id
+        run_dir = storage.join(root, run_id)
+        if not storage.exists(run_dir):
+            raise RunRefused(
+                f"no run '{run_id}' under the storage root {root}: nothing to resume (check the id "
+                f"and storage.root; `--new-run-id {run_id}` starts a new run under this id)"
+            )
+        try:
+            plan = run_record.check_resume(cfg, run_dir, run_id, rerun_changed=args.rerun_changed)
+        except run_record.ResumeError as err:
+            raise RunRefused(str(err)) from None
+        if not plan.recorded:
+            log.warning("run %s has no recorded configuration (%s); recording this one", run_id,
+                        run_record.record_uri(run_dir))
+        if plan.rerun:
+            from components.common.tracking import Tracker
+
+            stages = [name for stage in plan.rerun for name in run_record.MLFLOW_STAGES[stage]]
+            Tracker(cfg).retire_stage_runs(run_id, stages)
+            print(f"configuration changed ({', '.join(plan.changed)}): re-running {', '.join(plan.rerun)}",
+                  flush=True)
+        return run_id, run_dir
+    run_id = args.new_run_id or new_run_id()
+    run_dir = storage.join(root, run_id)
+    if storage.exists(run_dir):
+        raise RunRefused(
+            f"a run '{run_id}' already exists under the storage root {root}: resume it with "
+            f"`--run-id {run_id}`, or choose another id"
+        )
+    run_record.write_record(cfg, run_dir, run_id)
+    return run_id, run_dir
+
+
+class RunRefused(RuntimeError):
+    """The run id or the recorded configuration forbids this start; nothing was started."""
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from kfp import local
 
     from pipelines.pipeline import build_pipeline
 
+    problem = _check_run_id_arg(args)
+    if problem:
+        print(f"fromscratch: {problem}; nothing was started", file=sys.stderr)
+        return 2
     cfg = resolved_config(args)
     storage.use_endpoint(cfg.storage.s3_endpoint_url)
     check_sources(cfg.data.sources)
@@ -67,8 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except PreflightError as err:
             print(f"fromscratch: preflight failed, nothing was started:\n{err}", file=sys.stderr)
             return 2
-    run_id = args.run_id or new_run_id()
-    run_dir = storage.join(cfg.storage.root, run_id)
+    try:
+        run_id, run_dir = _open_run(cfg, args)
+    except RunRefused as err:
+        print(f"fromscratch: {err}", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     print(f"fromscratch run {run_id}  preset={cfg.preset}  storage={run_dir}", flush=True)
     if storage.is_remote(cfg.storage.root):
@@ -109,6 +177,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from components.evaluate.report_card import publish_report_card
     from pipelines.reporting import ReportError, default_report_dir, rebuild_report_card
 
+    try:
+        check_run_id(args.run_id)  # the card is written under <root>/<run-id>/eval
+    except ValueError as err:
+        print(f"fromscratch: {err}", file=sys.stderr)
+        return 2
     cfg = resolved_config(args)
     try:
         card = rebuild_report_card(Tracker(cfg), args.run_id)
@@ -143,6 +216,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     from components.common.tracking import Tracker
 
+    if not args.target.startswith("m-"):
+        try:
+            check_run_id(args.target)  # it goes into an MLflow search filter
+        except ValueError as err:
+            print(f"fromscratch: {err}", file=sys.stderr)
+            return 2
     cfg = resolved_config(args)
     tracker = Tracker(cfg)
     model_id = args.target
@@ -188,11 +267,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole pipeline locally (kfp.local + Ray on this machine)")
     common(run)
-    run.add_argument("--run-id", help="reuse a run id to resume an interrupted run")
+    ids = run.add_mutually_exclusive_group()
+    ids.add_argument(
+        "--run-id", metavar="ID",
+        help="resume the run ID that exists under storage.root (an error if there is none): finished "
+        "stages are reused, training continues from its last checkpoint. The configuration must "
+        "match the one recorded at the run's start (<run>/config.json) in every setting that "
+        "changes results",
+    )
+    ids.add_argument(
+        "--new-run-id", metavar="ID",
+        help="start a new run under this id (an error if it exists); default: a fresh id. Ids: "
+        "letters, digits, '-', '_', '.', no '..', at most 128 characters",
+    )
+    run.add_argument(
+        "--rerun-changed", action="store_true",
+        help="with --run-id: where the configuration differs from the recorded one in settings that "
+        "change results, remove the outputs of the stages they change and run those stages again "
+        "(instead of refusing)",
+    )
     run.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
     run.add_argument(
         "--skip-preflight", action="store_true",
-        help="do not check storage, tracking server and Ray before starting",
+        help="do not check storage, tracking server, Ray and the input files before starting",
     )
     run.set_defaults(fn=cmd_run)
 

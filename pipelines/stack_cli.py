@@ -176,7 +176,8 @@ def verify_run(info: StackInfo, run_id: str, stage: str = LAST_STAGE) -> dict[st
 
 def pipeline_command(info: StackInfo, run_id: str, preset: str, overrides: list[str]) -> list[str]:
     sets = [x for o in [*info.overrides(), *overrides] for x in ("--set", o)]
-    return [sys.executable, "-m", "pipelines.cli", "run", "--preset", preset, "--run-id", run_id,
+    # a stack run always starts a new run (a fresh stack holds none to resume)
+    return [sys.executable, "-m", "pipelines.cli", "run", "--preset", preset, "--new-run-id", run_id,
             "--ray-address", info.ray_address, *sets]
 
 
@@ -187,8 +188,14 @@ def client_env(info: StackInfo) -> dict[str, str]:
 
 
 def cmd_stack_run(args: argparse.Namespace) -> int:
-    from components.common.run_id import new_run_id
+    from components.common.run_id import check_run_id, new_run_id
 
+    if args.run_id is not None:
+        try:
+            check_run_id(args.run_id)
+        except ValueError as err:
+            print(f"fromscratch: {err}; the stack was not started", file=sys.stderr)
+            return 2
     run_id = args.run_id or new_run_id()
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -252,7 +259,7 @@ def add_stack_commands(sub: argparse._SubParsersAction) -> None:
     run = ssub.add_parser("run", help="start the stack, run the pipeline against it, check it, stop the stack")
     run.add_argument("--preset", default="tiny")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="dotted override, repeatable")
-    run.add_argument("--run-id")
+    run.add_argument("--run-id", help="id of the new run (default: a fresh one); checked before the stack starts")
     run.add_argument("--dir", help="the stack's folder (default: a temporary one, removed afterwards)")
     run.add_argument("--bucket", default="fromscratch")
     run.add_argument("--keep", action="store_true", help="leave the stack running afterwards")

@@ -40,7 +40,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         # often than the tiny one (greedy compliance 0.80 at the tiny preset's 0.4)
         "data.instructions.flawed_share=0.2",
     ]
-    args = ["run", "--run-id", "e2e"] + [x for o in overrides for x in ("--set", o)]
+    args = ["run", "--new-run-id", "e2e"] + [x for o in overrides for x in ("--set", o)]
     proc = _cli(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "run e2e finished" in proc.stdout

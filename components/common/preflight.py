@@ -13,6 +13,9 @@ names every problem at once.
 - tracking: an HTTP tracking URI answers ``GET /health`` and the REST API
   (``experiments/get-by-name``); a SQLite URI's folder is writable.
 - ray: a given address accepts a TCP connection.
+- inputs: every file, folder or glob a stage reads (corpora, instruction, preference and
+  problem files, a checkpoint to start from) is there, so a typo in the last stage's input is
+  found before Ray and KFP start, not twenty seconds into the pipeline.
 """
 
 from __future__ import annotations
@@ -189,6 +192,73 @@ def check_tracking(uri: str, experiment: str = "fromscratch") -> str:
     return f"MLflow at {uri} (REST API answers)"
 
 
+# ---- inputs ----------------------------------------------------------------------------------
+
+_GLOB_CHARS = set("*?[")
+
+
+def input_locations(cfg: Config) -> list[tuple[str, str]]:
+    """``(setting, uri)`` of every path or URI a stage reads that is not made by the run itself:
+    the corpora, the instruction, preference and problem files, and a checkpoint to start from.
+    (Evaluation reads the held-out splits data_prep writes from these same sources.)
+    Hugging Face dataset names are not checked: they need the network."""
+    found: list[tuple[str, str]] = []
+    for i, source in enumerate(cfg.data.sources):
+        if source.uri:
+            found.append((f"data.sources[{i}].uri", source.uri))
+    for key, sources in (
+        ("data.instructions.sources", cfg.data.instructions.sources),
+        ("data.preferences.sources", cfg.data.preferences.sources),
+        ("data.problems.sources", cfg.data.problems.sources),
+    ):
+        found.extend((f"{key}[{i}]", uri) for i, uri in enumerate(sources))
+    if _start_checkpoint(cfg):
+        found.append(("pretrain.init_from", _start_checkpoint(cfg)))
+    return found
+
+
+def _start_checkpoint(cfg: Config) -> str | None:
+    init_from = cfg.pretrain.init_from.strip()
+    return None if init_from in ("", "random", "champion") else init_from
+
+
+def _input_fs(uri: str):
+    if uri.startswith("s3://"):
+        return _s3_fs(storage.s3_endpoint()), uri[len("s3://"):]
+    return storage.filesystem(uri if storage.is_remote(uri) else storage.normalize(uri))
+
+
+def input_problem(uri: str) -> str | None:
+    """Why ``uri`` (a file, a folder with files, or a glob matching files) cannot be read, or None."""
+    try:
+        fs, path = _input_fs(uri)
+        if any(c in _GLOB_CHARS for c in path) and not fs.exists(path):
+            return None if any(fs.isfile(p) for p in fs.glob(path)) else "no files match this pattern"
+        if not fs.exists(path):
+            return "not found"
+        if fs.isdir(path) and not any(True for _ in fs.find(path)):
+            return "an empty folder"
+    except Exception as err:  # noqa: BLE001 - credentials, endpoint, protocol: one sentence
+        return f"cannot be accessed ({type(err).__name__}: {err})"
+    return None
+
+
+def check_inputs(cfg: Config) -> str:
+    """Raise ``PreflightError`` naming every input path or URI that is not there."""
+    locations = input_locations(cfg)
+    problems = [f"{key} {uri}: {why}" for key, uri in locations if (why := input_problem(uri))]
+    start = _start_checkpoint(cfg)
+    if start and not any(p.startswith("pretrain.init_from ") for p in problems):
+        uri = start if storage.is_remote(start) else storage.normalize(start)
+        if not storage.is_complete(uri):
+            problems.append(
+                f"pretrain.init_from {start}: no {storage.COMPLETE_MARKER} marker (not a finished checkpoint)"
+            )
+    if problems:
+        raise PreflightError(problems)
+    return f"{len(locations)} input path(s) found" if locations else "no input files (generated data)"
+
+
 # ---- ray -------------------------------------------------------------------------------------
 
 
@@ -233,6 +303,7 @@ def run_preflight(cfg: Config, ray_address: str | None = None) -> list[CheckResu
             problems.append(f"{name}: {err}")
             results.append(CheckResult(name, False, str(err), time.perf_counter() - started))
 
+    attempt("inputs", lambda: check_inputs(cfg))
     attempt("storage", lambda: check_storage(cfg.storage.root, cfg.storage.s3_endpoint_url))
     attempt("tracking", lambda: check_tracking(resolve_tracking_uri(cfg), cfg.tracking.experiment))
     if not _submits_to_cluster(cfg):

@@ -109,7 +109,34 @@ def read_jsonl(uri: str) -> list[Any]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def remove(uri: str) -> None:
+def _segments(uri: str) -> list[str]:
+    path = uri.split("://", 1)[1] if is_remote(uri) else uri
+    return [part for part in path.split("/") if part]
+
+
+def is_inside(uri: str, base: str) -> bool:
+    """Whether ``uri`` lies strictly below ``base`` (a ``..`` segment never counts as inside;
+    local paths are compared after resolving symlinks)."""
+    if ".." in _segments(uri) or ".." in _segments(base):
+        return False
+    if is_remote(uri) != is_remote(base):
+        return False
+    if is_remote(uri):
+        scheme, base_scheme = uri.split("://", 1)[0], base.split("://", 1)[0]
+        inner, outer = _segments(uri), _segments(base)
+        return scheme == base_scheme and len(inner) > len(outer) and inner[: len(outer)] == outer
+    inner_path, outer_path = Path(normalize(uri)), Path(normalize(base))
+    return inner_path != outer_path and outer_path in inner_path.parents
+
+
+def remove(uri: str, inside: str | None = None) -> None:
+    """Delete a file or folder tree. Refused (``StorageError``) for a URI with a ``..`` segment,
+    and, with ``inside``, for anything that is not strictly below that folder: a clean-up
+    never reaches outside the run that asked for it."""
+    if ".." in _segments(uri):
+        raise StorageError(f"refusing to delete {uri}: it contains a '..' segment")
+    if inside is not None and not is_inside(uri, inside):
+        raise StorageError(f"refusing to delete {uri}: it is not inside {inside}")
     fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)

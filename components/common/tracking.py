@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from components.common import storage
 from components.common.config import Config
@@ -56,10 +58,53 @@ def resolve_tracking_uri(cfg: Config) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
-def default_artifact_location(cfg: Config) -> str | None:
-    if cfg.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI"):
+def default_artifact_location(cfg: Config, tracking_uri: str | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts: a tracking *server* (http/https, Databricks)
+    decides itself; a database or folder store (SQLite, ``file:``) has no artifact root of its
+    own, and MLflow would fall back to ``./mlruns`` of whatever directory the process runs
+    in, so the experiment is created with ``<storage.root>/mlartifacts`` instead."""
+    uri = tracking_uri or resolve_tracking_uri(cfg)
+    scheme = uri.split("://", 1)[0].split(":", 1)[0].lower() if ":" in uri else ""
+    if scheme in ("http", "https", "databricks", "databricks-uc", "uc"):
         return None  # the tracking server decides
     return storage.join(storage.normalize(cfg.storage.root), "mlartifacts")
+
+
+_GLOBAL_URI_LOCK = threading.Lock()
+
+
+@contextmanager
+def _mlflow_global_tracking_uri(uri: str) -> Iterator[None]:
+    """For one MLflow call that only reads the *global* tracking URI, point it at ``uri`` and
+    put back exactly what was there (the module's URI and ``MLFLOW_TRACKING_URI``) afterwards."""
+    from mlflow.tracking._tracking_service import utils
+
+    with _GLOBAL_URI_LOCK:
+        old_uri, old_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            utils.set_tracking_uri(uri)
+            yield
+        finally:
+            utils.set_tracking_uri(old_uri)
+            if old_env is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+def _make_client(uri: str) -> Any:
+    """An ``MlflowClient`` bound to ``uri`` that never relies on the process-wide tracking URI."""
+    from mlflow import MlflowClient
+
+    class Client(MlflowClient):
+        def create_model_version(self, *args: Any, **kwargs: Any) -> Any:
+            # MLflow's SQL model registry looks a ``models:/<model id>`` source up with a
+            # default MlflowClient(), i.e. through the global tracking URI (a TODO in MLflow):
+            # give it this client's URI for the duration of the call only.
+            with _mlflow_global_tracking_uri(self.tracking_uri):
+                return super().create_model_version(*args, **kwargs)
+
+    return Client(tracking_uri=uri)
 
 
 @dataclass(frozen=True)
@@ -76,16 +121,14 @@ class Tracker:
     """Thin layer over ``MlflowClient`` with the project's naming and lineage rules."""
 
     def __init__(self, cfg: Config) -> None:
-        import mlflow
-        from mlflow import MlflowClient
-
+        # An explicit client only: no mlflow.set_tracking_uri, which would change the tracking
+        # URI (and MLFLOW_TRACKING_URI) of the whole process as a side effect.
         self.uri = resolve_tracking_uri(cfg)
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        self.client = _make_client(self.uri)
         experiment = self.client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is None:
             self.experiment_id = self.client.create_experiment(
-                cfg.tracking.experiment, artifact_location=default_artifact_location(cfg)
+                cfg.tracking.experiment, artifact_location=default_artifact_location(cfg, self.uri)
             )
         else:
             self.experiment_id = experiment.experiment_id
@@ -123,6 +166,24 @@ class Tracker:
             tags={TAG_RUN_ID: run_id, TAG_STAGE: stage, PARENT_RUN_TAG: parent_run_id},
         )
         return run.info.run_id
+
+    def retire_stage_runs(self, run_id: str, stages: list[str]) -> list[str]:
+        """Set aside the MLflow runs of ``stages`` in pipeline run ``run_id`` (their stage tag
+        becomes ``<stage>.replaced``), so a stage that runs again with other settings opens a
+        fresh MLflow run (parameters cannot be overwritten) instead of reopening the old one.
+        Their models stay, with lineage to the runs that made them; returns the runs set aside."""
+        retired = []
+        for stage in stages:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{TAG_RUN_ID}` = '{run_id}' and tags.`{TAG_STAGE}` = '{stage}'",
+            )
+            for run in runs:
+                self.client.set_tag(run.info.run_id, TAG_STAGE, f"{stage}.replaced")
+                if run.info.status == "RUNNING":
+                    self.client.set_terminated(run.info.run_id, status="KILLED")
+                retired.append(run.info.run_id)
+        return retired
 
     def end_run(self, mlflow_run_id: str, ok: bool) -> None:
         self.client.set_terminated(mlflow_run_id, status="FINISHED" if ok else "FAILED")

@@ -236,7 +236,7 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         sft_train = _mix_problems(sft_train, worked, cfg.seed)
         log.info("instructions: %d of %d train examples are worked problems", num_sft_problems, len(sft_train))
 
-    storage.remove(out)  # a folder without the marker is a crashed attempt: start clean
+    storage.remove(out, inside=ctx.run_uri)  # a folder without the marker is a crashed attempt: start clean
     if start.is_random:
         # The vocabulary comes from the corpus and the ideal replies: a thousand copies of "I hope
         # that this helps." would otherwise buy their own merges and re-cut the corpus around them.
