@@ -240,6 +240,8 @@ class RichView(View):
             TextColumn("{task.fields[stats]}"),
             TextColumn("[dim]{task.fields[eta]}"),
             console=self.console, transient=True, refresh_per_second=4,
+            # sys.stdout/stderr stay on the log file: rich must not pull them onto the console
+            redirect_stdout=False, redirect_stderr=False,
         )
         self.tasks: dict[str, Any] = {}
         self.progress.start()

@@ -162,3 +162,20 @@ def test_a_small_run_without_a_terminal_prints_few_lines(tmp_path):
     assert "executor_input" in log or "Executing task" in log
     events = next((tmp_path / "runs" / "quiet" / "logs").glob("events-*.jsonl")).read_text().splitlines()
     assert any(json.loads(e)["kind"] == "progress" and json.loads(e)["stage"] == "pretrain" for e in events)
+
+
+def test_on_a_terminal_the_bars_leave_the_processes_output_alone(tmp_path):
+    """rich's live display must not take over sys.stdout (KFP prints its tasks' output there)."""
+    from pipelines.console import RichView
+
+    before = sys.stdout
+    view = RichView(io.StringIO())
+    try:
+        assert sys.stdout is before
+        view.handle({"kind": "stage_start", "stage": "pretrain", "t": 0.0})
+        view.handle({"kind": "progress", "stage": "pretrain", "t": 1.0, "done": 1, "total": 4, "metrics": {"loss": 3.0}})
+        view.handle({"kind": "stage_end", "stage": "pretrain", "ok": True, "seconds": 2.0})
+        assert view.tasks == {} and sys.stdout is before
+    finally:
+        view.close()
+    assert "✓ pretrain" in view.out.getvalue()

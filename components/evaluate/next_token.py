@@ -143,8 +143,8 @@ def plot_next_tokens(pictures: dict[str, list[dict[str, Any]]]) -> bytes | None:
             if col == 0:
                 ax.set_ylabel(f'"{prompt}" →', fontsize=9)
     ln_v = pictures[stages[0]][0].get("max_entropy")
-    flat = f" (flat: H = ln|V| = {ln_v:.2f})" if ln_v else ""
-    fig.suptitle(f"P(next token | prompt): top tokens per checkpoint, entropy H{flat}", fontsize=11)
+    flat = f"\nH: entropy of the whole distribution (flat: ln|V| = {ln_v:.2f} nats)" if ln_v else ""
+    fig.suptitle(f"P(next token | prompt), top tokens per checkpoint{flat}", fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
