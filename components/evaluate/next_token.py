@@ -135,6 +135,9 @@ def plot_next_tokens(pictures: dict[str, list[dict[str, Any]]]) -> bytes | None:
             tokens = [_label(t) for t, _ in pic["top"]][::-1]
             probs = [p for _, p in pic["top"]][::-1]
             ax.barh(range(len(probs)), probs, color="#3b6fb6")
+            for y, prob in enumerate(probs):  # the value, so a flat distribution's tiny bars still read
+                ax.text(min(prob, 0.78) + 0.02, y, f"{prob:.1%}" if prob >= 0.001 else f"{prob:.2%}",
+                        va="center", fontsize=6, color="#333")
             ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
             ax.set_xlim(0, 1)
             ax.tick_params(axis="x", labelsize=7)
