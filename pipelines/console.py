@@ -11,7 +11,8 @@ the pipeline runs, ``live_view``
 - tails the events file and draws it: on a terminal, one ``rich`` progress bar per training
   job (step/total, loss, tokens/s or steps/s, ETA) and, when a stage ends, its wall time and
   headline figures; off a terminal (CI, a pod log), the same facts as plain lines, a progress
-  line at most every ``every`` seconds plus one line per finished stage.
+  line at most every ``every`` seconds (and at most one per fifth of a job, so a slow machine
+  does not lengthen the output) plus one line per finished stage.
 
 ``--verbose`` turns all of this off: everything goes to the console as before. On a cluster
 there is no events file and each stage's progress lines are its pod's log.
@@ -33,6 +34,7 @@ from components.common import storage
 from components.common.progress import EVENTS_ENV, format_duration
 
 PLAIN_EVERY = 60.0  # seconds between progress lines off a terminal
+MIN_ADVANCE = 0.2  # ... and a job's line only after it moved a fifth of its steps: at most 5 per job
 POLL = 0.25  # seconds between reads of the events file
 LABEL_WIDTH = 11
 
@@ -98,6 +100,7 @@ class JobState:
     last_t: float = 0.0
     unit: str = "steps"
     label: str = ""
+    shown: int = 0  # ``done`` when its last plain progress line was printed
 
     def rate(self) -> str:
         """tokens/s when the job reports it, else steps (or checkpoints) per second."""
@@ -189,9 +192,9 @@ class View:
 
 
 class PlainView(View):
-    """Off a terminal: a progress line at most every ``every`` seconds (the newest job's), and
-    one line per finished stage. The output grows with the run's length only through the
-    progress lines, at a steady rate."""
+    """Off a terminal: a progress line at most every ``every`` seconds (the newest job's, once it
+    has moved ``MIN_ADVANCE`` of its steps since its last line), and one line per finished
+    stage. However slow the machine, a job prints at most five progress lines."""
 
     def __init__(self, out: TextIO, every: float = PLAIN_EVERY, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(out, clock)
@@ -213,9 +216,14 @@ class PlainView(View):
 
     def tick(self) -> None:
         now = self.clock()
-        if self.pending and now - self.last_line >= self.every:
-            self.print(self.progress_line(self.pending, self.jobs[self.pending]))
-            self.pending, self.last_line = None, now
+        if not self.pending or now - self.last_line < self.every:
+            return
+        job = self.jobs[self.pending]
+        if job.total and job.done - job.shown < MIN_ADVANCE * job.total:
+            return  # a slow run would otherwise print a line a minute for hours
+        self.print(self.progress_line(self.pending, job))
+        job.shown = job.done
+        self.pending, self.last_line = None, now
 
     def on_stage_end(self, stage: str, ok: bool, seconds: Any, error: Any) -> None:
         if self.pending and self.jobs[self.pending].stage == stage:
@@ -380,10 +388,15 @@ def live_view(
         os.environ.pop(EVENTS_ENV, None)
 
 
-def log_tail(path: Path, lines: int = 25) -> list[str]:
-    """The last ``lines`` lines of the log (where a failed task's traceback is)."""
+def log_tail(path: Path, lines: int = 25, window: int = 2000) -> list[str]:
+    """The last ``lines`` lines of the log (where a failed task's traceback is), leaving out
+    lines that repeat more than three times near the end (a warning Ray prints every second)."""
+    from collections import Counter
+
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return []
-    return text.rstrip("\n").splitlines()[-lines:]
+    recent = text.rstrip("\n").splitlines()[-window:]
+    counts = Counter(recent)
+    return [line for line in recent if counts[line] <= 3][-lines:]

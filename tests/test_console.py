@@ -59,6 +59,17 @@ def test_off_a_terminal_progress_comes_at_a_steady_rate_and_each_stage_ends_in_o
     assert "pretrain" in progress[0] and "/300" in progress[0]
 
 
+def test_a_slow_machine_does_not_lengthen_the_output():
+    """The same run at 30 s a step (10 hours): still at most five progress lines per job."""
+    out, clock = io.StringIO(), Clock()
+    view = PlainView(out, every=60.0, clock=clock)
+    _stage(view, clock, "pretrain", {"pretrain": 300}, 30.0)
+    _stage(view, clock, "preference", {"reward": 300, "ppo": 300}, 30.0)
+    lines = out.getvalue().splitlines()
+    assert len(lines) <= 3 * 5 + 2, lines
+    assert sum(" reward " in line for line in lines) >= 3  # still news while it runs
+
+
 def test_a_failed_stage_says_so_and_a_job_without_tokens_shows_steps_per_second():
     out, clock = io.StringIO(), Clock()
     view = PlainView(out, every=0.0, clock=clock)
@@ -179,3 +190,12 @@ def test_on_a_terminal_the_bars_leave_the_processes_output_alone(tmp_path):
     finally:
         view.close()
     assert "✓ pretrain" in view.out.getvalue()
+
+
+def test_the_log_tail_after_a_failure_skips_repeated_warnings(tmp_path):
+    from pipelines.console import log_tail
+
+    log = tmp_path / "run.log"
+    log.write_text("\n".join(["Traceback (most recent call last):", "ValueError: bad"]
+                             + ["(pid=1) Failed to query Ray Train Controller actor state."] * 50 + ["Aborted"]) + "\n")
+    assert log_tail(log, lines=5) == ["Traceback (most recent call last):", "ValueError: bad", "Aborted"]
