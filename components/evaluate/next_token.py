@@ -66,10 +66,14 @@ def heldout_logprobs(model: torch.nn.Module, blocks: np.ndarray, positions: int,
     rows: list[torch.Tensor] = []
     have = 0
     data = torch.from_numpy(np.asarray(blocks).astype(np.int64))
-    for start in range(0, len(data), batch_size):
-        if have >= positions:
-            break
-        batch = data[start : start + batch_size].to(_device(model))
+    per_block = max(1, data.shape[1] - 1)
+    start = 0
+    while have < positions and start < len(data):
+        # only as many blocks as the positions still needed (a long context x a large vocabulary
+        # is a lot of memory per block)
+        take = min(batch_size, math.ceil((positions - have) / per_block))
+        batch = data[start : start + take].to(_device(model))
+        start += take
         logp = torch.log_softmax(model(input_ids=batch).logits[:, :-1].float(), dim=-1)
         flat = logp.reshape(-1, logp.shape[-1])[: positions - have].cpu()
         rows.append(flat)
