@@ -97,7 +97,7 @@ NEXT_TOKEN_TEXT = (
     "What the model computes at every position is P(next token | context). For a few fixed prompts, each "
     "checkpoint's most likely next tokens with their probabilities, and the entropy H of the whole distribution: "
     "random init is flat (H near ln |V|), pre-training piles the probability onto the words the corpus allows, and "
-    "the fine-tuning stages sharpen it further. The metrics table gives the same on the held-out text: the mean "
+    "fine-tuning reshapes it (sharper where a stage trained the reply, not necessarily on plain text). The metrics table gives the same on the held-out text: the mean "
     "next-token entropy and the KL divergence of each stage's next-token distribution from the stage before it."
 )
 
