@@ -22,6 +22,7 @@ from components.common.errors import DataError
 from components.common.run_id import check_run_id, new_run_id
 from components.data_prep.loaders import check_sources
 from pipelines.cluster_cli import add_cluster_commands
+from pipelines.console import add_console_arguments
 from pipelines.label_cli import add_label_commands
 from pipelines.stack_cli import add_stack_commands
 from components.common.logs import setup_logging
@@ -113,10 +114,6 @@ class RunRefused(RuntimeError):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kfp import local
-
-    from pipelines.pipeline import build_pipeline
-
     problem = _check_run_id_arg(args)
     if problem:
         print(f"fromscratch: {problem}; nothing was started", file=sys.stderr)
@@ -137,37 +134,52 @@ def cmd_run(args: argparse.Namespace) -> int:
     except RunRefused as err:
         print(f"fromscratch: {err}", file=sys.stderr)
         return 2
+    return _execute(args, cfg, run_id, run_dir)
+
+
+def _execute(args: argparse.Namespace, cfg: Config, run_id: str, run_dir: str) -> int:
+    """Run the pipeline under the live view (pipelines/console.py): everything the processes
+    print goes to the run's log file, the console gets progress, stage ends and the summary."""
+    from kfp import local
+
+    from pipelines.console import live_view, log_tail
+    from pipelines.pipeline import build_pipeline
+
     started = time.perf_counter()
-    print(f"fromscratch run {run_id}  preset={cfg.preset}  storage={run_dir}", flush=True)
     if storage.is_remote(cfg.storage.root):
         pipeline_root = str(Path(".fromscratch-kfp").resolve() / run_id)
     else:
         pipeline_root = storage.join(run_dir, "kfp")
     pipeline = build_pipeline(cfg)
-    _start_ray(cfg)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
-    try:
-        pipeline(config_json=cfg.to_json(), run_id=run_id)
-    except RuntimeError as err:
-        print(f"fromscratch: run {run_id} failed: {err}", file=sys.stderr)
-        print("  the failing task's error is printed above; finished stages are kept, and", file=sys.stderr)
+    verbose = getattr(args, "verbose", False)
+    with live_view(run_dir, run_id, verbose, getattr(args, "progress_every", 60.0)) as view:
+        view.print(f"fromscratch run {run_id}  preset={cfg.preset}  storage={run_dir}")
+        failed: RuntimeError | None = None
+        _start_ray(cfg)
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root, raise_on_error=True)
+        try:
+            pipeline(config_json=cfg.to_json(), run_id=run_id)
+        except RuntimeError as err:
+            failed = err
+        finally:
+            import ray
+
+            if ray.is_initialized():
+                ray.shutdown()
+    if failed is not None:
+        if not verbose:
+            print(f"--- the last lines of {view.files.log}:", file=sys.stderr)
+            print("\n".join(log_tail(view.files.log)), file=sys.stderr)
+        print(f"fromscratch: run {run_id} failed: {failed}", file=sys.stderr)
+        print(f"  full log: {view.files.log}" if not verbose else "  the failing task's error is printed above", file=sys.stderr)
+        print("  finished stages are kept, and", file=sys.stderr)
         print(f"  `fromscratch run --run-id {run_id}` resumes from them", file=sys.stderr)
         return 1
-    finally:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
     elapsed = time.perf_counter() - started
     from components.common.tracking import Tracker
-    from pipelines.reporting import summary_lines, time_split, time_split_line
+    from pipelines.reporting import run_summary
 
-    tracker = Tracker(cfg)
-    print("\n".join(summary_lines(tracker, run_id, run_dir)))
-    print(time_split_line(time_split(tracker, run_id, elapsed)))
-    print(f"results:     {storage.join(run_dir, 'eval', 'results.json')}")
-    print(f"lineage:     fromscratch lineage {run_id}")
-    print(f"run {run_id} finished in {elapsed:.0f}s")
+    print("\n".join(run_summary(Tracker(cfg), run_id, run_dir, elapsed, view.files.log, full=verbose)))
     return 0
 
 
@@ -291,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-preflight", action="store_true",
         help="do not check storage, tracking server, Ray and the input files before starting",
     )
+    add_console_arguments(run)
     run.set_defaults(fn=cmd_run)
 
     comp = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")

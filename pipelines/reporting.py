@@ -142,10 +142,82 @@ def summary_lines(tracker: Tracker, run_id: str, run_dir: str) -> list[str]:
     lines.append(f"report card: {storage.join(eval_dir, HTML_FILE)}")
     lines.append(f"             {storage.join(eval_dir, MARKDOWN_FILE)}")
     if decision:
-        version = f" v{decision['version']}" if decision.get("version") else ""
-        if decision["promoted"] and decision.get("champion_version") == decision.get("version"):
-            verdict = f"is already '{decision['alias']}'"
-        else:
-            verdict = f"promoted to '{decision['alias']}'" if decision["promoted"] else "not promoted"
-        lines.append(f"promotion:   {decision['model_name']}{version} {verdict} — {decision.get('reason', '')}")
+        lines.append(decision_line(decision))
+    return lines
+
+
+# The console's evaluation table: one row per headline figure, a column per checkpoint.
+CONSOLE_ROWS: tuple[tuple[str, str], ...] = (
+    ("perplexity", "perplexity (held-out text)"),
+    ("next_token.entropy", "next-token entropy (nats)"),
+    ("next_token.kl_to_previous", "KL to the stage before"),
+    ("copy.score", "in-context copying"),
+    ("instruct.compliance", "instruction compliance"),
+    ("instruct.accuracy", "instruction accuracy"),
+    ("pref.win_rate_oracle_vs_sft", "win rate vs SFT (oracle)"),
+    ("reason.pass_at_1", "reasoning pass@1"),
+    ("reason.pass_at_k", "reasoning pass@k"),
+)
+
+
+def console_table(results: dict[str, Any]) -> list[str]:
+    """The headline figures of every checkpoint as aligned plain text (intervals and the rest
+    are on the report card)."""
+    from components.evaluate.report import fmt, stages
+
+    names = stages(results)
+    rows = []
+    for key, label in CONSOLE_ROWS:
+        values = [results[n].get("metrics", {}).get(key) for n in names]
+        if all(v is None for v in values):
+            continue
+        if key == "reason.pass_at_k":
+            m = next((results[n]["metrics"] for n in names if "reason.pass_k" in results[n].get("metrics", {})), {})
+            if m.get("reason.pass_k"):
+                label = f"reasoning pass@{int(m['reason.pass_k'])} (n={int(m['reason.pass_n'])})"
+        rows.append([label, *(fmt(float(v)) if isinstance(v, (int, float)) else fmt(v) for v in values)])
+    header = ["", *names]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  " + cells[0].ljust(widths[0]) + "  " + "  ".join(c.rjust(w) for c, w in zip(cells[1:], widths[1:]))
+
+    return [line(header), *(line(r) for r in rows)]
+
+
+def decision_line(decision: dict[str, Any]) -> str:
+    version = f" v{decision['version']}" if decision.get("version") else ""
+    if decision["promoted"] and decision.get("champion_version") == decision.get("version"):
+        verdict = f"is already '{decision['alias']}'"
+    else:
+        verdict = f"promoted to '{decision['alias']}'" if decision["promoted"] else "not promoted"
+    return f"promotion:   {decision['model_name']}{version} {verdict} — {decision.get('reason', '')}"
+
+
+def run_summary(
+    tracker: Tracker, run_id: str, run_dir: str, elapsed: float, log_file: Any, full: bool = False
+) -> list[str]:
+    """What ``fromscratch run`` prints at the end: the evaluation table, the promotion decision
+    and where everything went (``full``: the whole Markdown table and stage times as well)."""
+    if full:
+        lines = summary_lines(tracker, run_id, run_dir)
+    else:
+        lines = []
+        try:
+            run = evaluate_run(tracker, run_id)
+            results = logged_results(tracker, run.info.run_id)
+            lines += ["", "evaluation (same held-out suites on every checkpoint; intervals on the report card):"]
+            lines += console_table(results)
+            decision = decision_from_tags(run.data.tags)
+            if decision:
+                lines.append(decision_line(decision))
+        except ReportError as err:
+            lines.append(f"evaluation:  {err}")
+        eval_dir = storage.join(run_dir, "eval")
+        lines.append(f"report card: {storage.join(eval_dir, HTML_FILE)}")
+    lines.append(time_split_line(time_split(tracker, run_id, elapsed)))
+    lines.append(f"results:     {storage.join(run_dir, 'eval', 'results.json')}")
+    lines.append(f"log:         {log_file}")
+    lines.append(f"lineage:     fromscratch lineage {run_id}")
+    lines.append(f"run {run_id} finished in {elapsed:.0f}s")
     return lines

@@ -23,6 +23,8 @@ REPLY_CHARS = 160  # a reply cell longer than this is cut (the full text is in r
 # ``reason.pass_at_1.d<N>`` rows are inserted after their group's overall figure.
 HEADLINE: tuple[tuple[str, str], ...] = (
     ("perplexity", "perplexity, held-out text (lower is better)"),
+    ("next_token.entropy", "next-token entropy on held-out text (nats)"),
+    ("next_token.kl_to_previous", "KL(stage || stage before), next token on held-out text (nats)"),
     ("copy.score", "in-context copying (0: none, 1: perfect)"),
     ("instruct.compliance", "instruction compliance"),
     ("instruct.accuracy", "instruction accuracy, all families"),
@@ -32,6 +34,7 @@ HEADLINE: tuple[tuple[str, str], ...] = (
     ("reason.pass_at_1", "reasoning pass@1"),
     ("reason.pass_at_k", "reasoning pass@k"),
 )
+PASS_K_LABEL = "reasoning pass@{k}, unbiased from n={n} samples"
 NOT_SHOWN = {"heldout_tokens"}
 # (key, label) of the rows of the "what each stage bought" table: paired per-item changes
 CHANGES: tuple[tuple[str, str], ...] = (
@@ -114,11 +117,22 @@ def headline_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
     for key, label in HEADLINE:
         if key == "pref.rm_score" and families:  # families follow the overall accuracy
             rows += [(k, f"accuracy: {k.removeprefix('instruct.acc.')}") for k in families]
+        if key == "reason.pass_at_k":
+            label = pass_k_label(results) or label
         if key in present:
             rows.append((key, label))
         if key == "reason.pass_at_1":
             rows += [(k, f"reasoning pass@1, difficulty {_difficulty(k)}") for k in levels]
     return rows
+
+
+def pass_k_label(results: dict[str, Any]) -> str | None:
+    """``reasoning pass@4, unbiased from n=8 samples`` from the k and n the evaluation recorded."""
+    for name in stages(results):
+        metrics = results[name].get("metrics", {})
+        if metrics.get("reason.pass_k"):
+            return PASS_K_LABEL.format(k=int(metrics["reason.pass_k"]), n=int(metrics.get("reason.pass_n", 0)))
+    return None
 
 
 def metric_table(results: dict[str, Any], keys: list[tuple[str, str]]) -> Table:

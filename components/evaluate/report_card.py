@@ -25,6 +25,8 @@ from typing import Any
 
 from components.common import storage
 from components.evaluate.curves import Curves
+from components.evaluate.next_token import PLOT_NAME as NEXT_TOKEN_PLOT
+from components.evaluate.next_token import plot_next_tokens
 from components.evaluate.plots import curve_plots
 from components.evaluate.report import (
     Table,
@@ -90,6 +92,16 @@ class ReportCard:
     images: dict[str, bytes]  # file name → PNG, referenced by name from the Markdown
 
 
+MISSING_CHANGE = "–"
+NEXT_TOKEN_TEXT = (
+    "What the model computes at every position is P(next token | context). For a few fixed prompts, each "
+    "checkpoint's most likely next tokens with their probabilities, and the entropy H of the whole distribution: "
+    "random init is flat (H near ln |V|), pre-training piles the probability onto the words the corpus allows, and "
+    "fine-tuning reshapes it (sharper where a stage trained the reply, not necessarily on plain text). The metrics table gives the same on the held-out text: the mean "
+    "next-token entropy and the KL divergence of each stage's next-token distribution from the stage before it."
+)
+
+
 # -- content --------------------------------------------------------------------------------
 def promotion_blocks(decision: dict[str, Any]) -> list[Block]:
     """The gate's verdict in one sentence, then its comparisons."""
@@ -105,11 +117,20 @@ def promotion_blocks(decision: dict[str, Any]) -> list[Block]:
             text += f" (the '{decision.get('alias')}' stays version {decision['champion_version']})"
     blocks: list[Block] = [Heading("Promotion"), Para(text, "promoted" if decision.get("promoted") else "held")]
     if decision.get("checks"):
-        table = Table(["gate metric", "direction", "margin", "candidate", "champion", "required", "passed"])
+        blocks.append(Para(
+            "Each gate metric is compared item by item on the same held-out items: the change is the mean "
+            "per-item difference (candidate - champion) with its paired 95 % bootstrap interval, which must "
+            "lie above the margin (below minus the margin for a 'min' metric)."
+        ))
+        table = Table(["gate metric", "direction", "margin", "candidate", "champion", "change [95 % interval]", "passed"])
         for c in decision["checks"]:
+            if c.get("change") is not None:
+                change = f"{c['change']:+.3g} [{c['ci_low']:+.3g}, {c['ci_high']:+.3g}]"
+            else:  # a decision recorded before paired checks (point estimates only)
+                change = MISSING_CHANGE if c.get("required") is None else f"required {fmt(c['required'])}"
             table.rows.append([
                 c["metric"], c["direction"], f"{c['margin']:+g}", fmt(c["candidate"]), fmt(c["champion"]),
-                fmt(c["required"]), ("yes" if c["passed"] else "NO") + (f" ({c['note']})" if c.get("note") else ""),
+                change, ("yes" if c["passed"] else "NO") + (f" ({c['note']})" if c.get("note") else ""),
             ])
         blocks.append(TableBlock(table))
     return blocks
@@ -128,6 +149,9 @@ def card_blocks(
     if promotion:
         blocks += promotion_blocks(promotion)
     blocks += [Heading("Metrics"), TableBlock(metric_table(results, headline_keys(results)), "metrics")]
+    if NEXT_TOKEN_PLOT in plots:
+        blocks += [Heading("The next-token picture"), Para(NEXT_TOKEN_TEXT),
+                   Image(NEXT_TOKEN_PLOT, "top next-token probabilities per checkpoint")]
     changes = change_keys(results)
     if changes:
         blocks += [
@@ -150,8 +174,9 @@ def card_blocks(
                 TableBlock(by_group, "metrics"),
             ]
     blocks.append(Heading("Training curves"))
-    if plots:
-        blocks += [Image(name, name.removesuffix(".png").replace("-", " ")) for name in plots]
+    curves = [name for name in plots if name != NEXT_TOKEN_PLOT]
+    if curves:
+        blocks += [Image(name, name.removesuffix(".png").replace("-", " ")) for name in curves]
     else:
         blocks.append(Para("No training curves were found in MLflow for this run."))
     blocks.append(Heading("Replies, stage by stage"))
@@ -248,6 +273,9 @@ def build_report_card(
     training ``curves`` (``curves.stage_curves``) and the promotion decision, if any."""
     title = f"fromscratch report card — run {run_id}" if run_id else "fromscratch report card"
     images = curve_plots(curves or {})
+    picture = plot_next_tokens({name: results[name].get("next_token") or [] for name in stages(results)})
+    if picture is not None:
+        images[NEXT_TOKEN_PLOT] = picture
     blocks = card_blocks(results, images, promotion)
     return ReportCard(title, render_markdown(title, blocks), render_html(title, blocks, images), images)
 

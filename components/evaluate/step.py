@@ -14,6 +14,8 @@ stage bought.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from typing import Any
 
 from components.common import storage
 from components.common.config import Config
+from components.common.progress import emit_event
 from components.common.modeling import load_model, load_tokenizer
 from components.common.stage import stage_context
 from components.data_prep.shards import read_shards
@@ -36,6 +39,7 @@ from components.evaluate.preference import preference_metrics, reply_logprobs, r
 from components.evaluate.reasoning import score_problems
 from components.preference.reward import load_reward_model
 from components.evaluate.curves import stage_curves
+from components.evaluate.next_token import heldout_next_token, top_next_tokens
 from components.evaluate.promotion import promote
 from components.evaluate.report_card import build_report_card, publish_report_card
 from components.evaluate.samples import bigram_validity, corpus_bigrams, greedy_samples
@@ -57,6 +61,39 @@ class Suites:
     reward_model: Any = None
     sft_model: Any = None
     sft_replies: list[str] | None = None
+    # the stage before's next-token log-probabilities on the held-out text (for its KL)
+    previous_logprobs: Any = None
+
+
+def _digest(*parts: Any) -> str:
+    def plain(obj: Any) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return dataclasses.asdict(obj)
+        return str(obj)
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=plain).encode()).hexdigest()[:16]
+
+
+def suite_digests(cfg: Config, suites: Suites) -> dict[str, str]:
+    """One digest per held-out suite: its items and the settings that score them. Two models
+    with equal digests were scored on the same items the same way, so their per-item verdicts
+    pair up (what the promotion gate needs)."""
+    import numpy as np
+
+    ev = cfg.evaluate
+    text = np.ascontiguousarray(suites.heldout)
+    out = {
+        "heldout_text": hashlib.sha256(str(text.dtype).encode() + text.tobytes()).hexdigest()[:16],
+        "copying": _digest(ev.copy_sequences, ev.copy_length, cfg.seed, cfg.data.vocab_size),
+        "instructions": _digest(suites.instructions, ev.instruction_max_new_tokens),
+    }
+    if suites.problems:
+        out["reasoning"] = _digest(
+            suites.problems, ev.reasoning_max_new_tokens, ev.pass_k, ev.pass_n, ev.sample_temperature, cfg.seed
+        )
+    if suites.pairs:
+        out["preference"] = _digest(suites.pairs, ev.preference_samples, ev.max_new_tokens, ev.sample_temperature, cfg.seed)
+    return out
 
 
 def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[str, Any]:
@@ -66,6 +103,10 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
         tokenizer = load_tokenizer(local)
         model = load_model(local)
     metrics = heldout_perplexity(model, suites.heldout, ev.batch_size)
+    next_token, suites.previous_logprobs = heldout_next_token(
+        model, suites.heldout, ev.kl_tokens, ev.batch_size, suites.previous_logprobs
+    )
+    metrics.update(next_token)
     metrics.update(in_context_copying(model, suites.heldout, ev.copy_sequences, ev.copy_length, cfg.seed))
     samples = greedy_samples(model, tokenizer, ev.sample_prompts, ev.max_new_tokens)
     metrics["bigram_validity"] = bigram_validity(samples, suites.bigrams)
@@ -75,10 +116,14 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
     metrics.update({f"instruct.{k}": v for k, v in instruct.items()})
     # per-item verdicts, in suite order, so the next checkpoint can be compared item by item
     verdicts = {f"instruct.{k}": v for k, v in instruct_verdicts.items()}
-    out = {"metrics": metrics, "samples": samples, "instruction_samples": instruct_samples, "verdicts": verdicts}
+    out = {
+        "metrics": metrics, "samples": samples, "instruction_samples": instruct_samples, "verdicts": verdicts,
+        "next_token": top_next_tokens(model, tokenizer, ev.next_token_prompts, ev.next_token_top_k),
+    }
     if suites.problems:
         reason, reason_samples, reason_verdicts = score_problems(
-            model, tokenizer, suites.problems, ev.pass_k, ev.reasoning_max_new_tokens, ev.sample_temperature, cfg.seed
+            model, tokenizer, suites.problems, ev.pass_k, ev.reasoning_max_new_tokens, ev.sample_temperature, cfg.seed,
+            n=ev.pass_n,
         )
         metrics.update({f"reason.{k}": v for k, v in reason.items()})
         verdicts.update({f"reason.{k}": v for k, v in reason_verdicts.items()})
@@ -94,6 +139,13 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
             for p, r, b in list(zip(suites.win_pairs, replies, suites.sft_replies))[:6]
         ]
     return out
+
+
+def headline_figures(results: dict[str, Any], final: str) -> dict[str, float]:
+    """The few numbers the console shows when evaluation ends: the final checkpoint's."""
+    keys = ("perplexity", "instruct.compliance", "reason.pass_at_1", "reason.pass_at_k", "pref.win_rate_oracle_vs_sft")
+    metrics = results[final]["metrics"]
+    return {k: float(metrics[k]) for k in keys if k in metrics}
 
 
 def _preference_suites(cfg: Config, manifest: dict[str, Any], suites: Suites, reward_uri: str, sft_uri: str) -> dict[str, Any]:
@@ -150,11 +202,14 @@ def run_evaluate(
             results["reward_model"] = {"metrics": rm_metrics, "checkpoint_uri": reward_model}
             log.info("reward model: pairwise accuracy %.3f on held-out pairs", rm_metrics["pairwise_accuracy"])
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"reward_model.{k}": v for k, v in rm_metrics.items()})
+        digests = suite_digests(cfg, suites)
         previous: dict[str, list[float]] | None = None
-        for name, uri in checkpoints.items():
+        emit_event("progress", "evaluate", done=0, total=len(checkpoints), unit="checkpoints")
+        for done, (name, uri) in enumerate(checkpoints.items(), start=1):
             log.info("evaluating %s (%s)", name, uri)
             results[name] = evaluate_checkpoint(cfg, uri, suites)
             results[name]["checkpoint_uri"] = uri
+            results[name]["suite_digests"] = digests
             metrics = results[name]["metrics"]
             verdicts = results[name]["verdicts"]
             if previous is not None:  # what this stage bought over the one before, item by item
@@ -166,6 +221,9 @@ def run_evaluate(
                 ", ".join(f"{k} {v:.3g}" for k, v in metrics.items() if k.count(".") <= 1 and "heldout" not in k),
             )
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"{name}.{k}": v for k, v in metrics.items()})
+            emit_event("progress", "evaluate", done=done, total=len(checkpoints), unit="checkpoints", metrics={
+                k: metrics[k] for k in ("perplexity", "reason.pass_at_1") if k in metrics
+            }, label=name)
             model_id = (model_ids or {}).get(name)
             if model_id:
                 for key, value in metrics.items():
@@ -177,7 +235,9 @@ def run_evaluate(
         promotion = promote(
             cfg.promotion, ctx.tracker.client, ctx.mlflow_run_id, run_id, final,
             (model_ids or {}).get(final), results[final]["metrics"],
+            verdicts=results[final]["verdicts"], suite_digests=digests,
         )
+        emit_event("headline", "evaluate", figures=headline_figures(results, final), promoted=promotion.get("promoted"))
         curves = stage_curves(ctx.tracker.client, ctx.tracker.experiment_id, run_id)
         card = build_report_card(results, curves, promotion, run_id)
         paths = publish_report_card(card, out, ctx.tracker.client, ctx.mlflow_run_id)

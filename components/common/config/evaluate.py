@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from components.common.config.base import Strict
 
 
 class GateMetric(Strict):
     """One evaluation metric of the final checkpoint the promotion gate compares with the
-    champion's. ``max``: candidate >= champion + margin; ``min``: candidate <= champion - margin.
-    A negative margin is a tolerance ("may drop by at most ...")."""
+    champion's, item by item on the same held-out items: the paired change (candidate -
+    champion) must have its 95 % interval above ``margin`` (``max``) or below ``-margin``
+    (``min``). A negative margin is a tolerance ("may drop by at most ..."). The metric needs
+    per-item verdicts (reason.pass_at_1, reason.pass_at_k, instruct.compliance, instruct.accuracy)."""
 
-    name: str = Field(description="Metric key in the evaluation results (e.g. reason.pass_at_1).")
+    name: str = Field(description="Metric key with per-item verdicts in the evaluation results (e.g. reason.pass_at_1).")
     direction: Literal["max", "min"] = Field(default="max", description="max: higher is better; min: lower.")
-    margin: float = Field(default=0.0, description="Required improvement (negative: allowed drop).")
+    margin: float = Field(
+        default=0.0, ge=-1.0, le=1.0,
+        description="Required improvement of the paired change's 95 % interval (negative: allowed drop).",
+    )
 
 
 class PromotionConfig(Strict):
@@ -53,7 +58,25 @@ class EvaluateConfig(Strict):
     batch_size: int = Field(default=16, ge=1, description="Sequences scored or generated per batch.")
     max_new_tokens: int = Field(default=24, ge=1, description="Longest sampled reply in the win rates.")
     max_problems: int = Field(default=300, ge=1, description="Held-out RLVR problems per checkpoint.")
-    pass_k: int = Field(default=8, ge=0, description="Sampled replies per problem for pass@k (0: greedy only).")
+    pass_k: int = Field(default=4, ge=0, le=1024, description="k of pass@k (0: greedy only, no samples).")
+    pass_n: int = Field(
+        default=8, ge=1, le=4096,
+        description="Sampled replies per problem from which pass@k is estimated without bias "
+        "(1 - C(n-c,k)/C(n,k)); at least pass_k. More samples than k narrow the estimate.",
+    )
+    next_token_prompts: list[str] = Field(
+        default_factory=lambda: ["Mira lives in", "Three plus four is", "The baker"],
+        max_length=8,
+        description="Fixed prompts whose top next-token probabilities and entropy the report card "
+        "draws for every checkpoint (the next-token picture).",
+    )
+    next_token_top_k: int = Field(default=8, ge=1, le=50, description="Bars per prompt in the next-token picture.")
+    kl_tokens: int = Field(
+        default=2048, ge=0, le=1_000_000,
+        description="Held-out text positions on which each checkpoint's next-token distribution is "
+        "compared with the stage before it (KL, in nats; 0: off). The previous stage's "
+        "log-probabilities are kept in memory: kl_tokens x vocab floats.",
+    )
     reasoning_max_new_tokens: int = Field(default=48, ge=1, description="Longest reply to a held-out problem.")
     copy_sequences: int = Field(default=32, ge=1, description="Repeated random sequences in the copying suite.")
     copy_length: int = Field(default=24, ge=2, description="Tokens per sequence in the copying suite (read twice).")
@@ -66,3 +89,12 @@ class EvaluateConfig(Strict):
         ],
         description="Prompts whose greedy continuations the report card shows per checkpoint.",
     )
+
+    @model_validator(mode="after")
+    def _enough_samples(self) -> "EvaluateConfig":
+        if self.pass_k > self.pass_n:
+            raise ValueError(
+                f"evaluate.pass_n ({self.pass_n}) must be at least evaluate.pass_k ({self.pass_k}): "
+                "pass@k is estimated from n >= k samples per problem"
+            )
+        return self
