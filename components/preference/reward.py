@@ -19,11 +19,15 @@ import torch
 from components.common.scratch import cleans_scratch
 
 
-def load_reward_model(path: str, pad_token_id: int):
+def load_reward_model(path: str, pad_token_id: int, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
     """The SFT checkpoint with a fresh 1-logit head (or a trained reward model)."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    from components.common.modeling import resolve_attention
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=dtype, attn_implementation=resolve_attention(attn_implementation)
+    )
     model.config.pad_token_id = pad_token_id
     return model
 
@@ -45,11 +49,12 @@ def reward_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies
         tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
         for p, r in zip(prompts, replies)
     ]
+    device = next(model.parameters()).device
     scores = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        scores.append(model(**enc).logits[:, 0].float())
-    return torch.cat(scores) if scores else torch.zeros(0)
+        scores.append(model(**enc.to(device)).logits[:, 0].float())
+    return torch.cat(scores) if scores else torch.zeros(0, device=device)
 
 
 def pair_lengths(dataset) -> list[int]:
