@@ -65,15 +65,33 @@ def common_training_args(cfg: Config, stage: ScheduleSettings, prefix: str) -> d
         "disable_tqdm": True,
         "seed": cfg.seed,
         "dataloader_num_workers": 0,
-        "gradient_checkpointing": False,
-        "deepspeed": build_deepspeed_config(cfg.deepspeed, stage.per_device_batch, stage.accumulation),
-        **trainer_precision_args(cfg),
+        "gradient_checkpointing": stage.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if stage.gradient_checkpointing else None,
+        "deepspeed": build_deepspeed_config(
+            cfg.deepspeed, stage.per_device_batch, stage.accumulation, stage.precision
+        ),
+        **trainer_precision_args(cfg, stage.precision),
     }
 
 
-def trainer_precision_args(cfg: Config) -> dict[str, Any]:
+def load_trainer_model(path: str | Path, args, stage: ScheduleSettings, loader: Callable[..., Any] | None = None):
+    """The model a TRL trainer trains, loaded after its arguments: building the arguments with a
+    ZeRO-3 DeepSpeed config registers it with transformers (``HfDeepSpeedConfig``), so the model
+    is partitioned across the ranks as it loads (``deepspeed.zero.Init``) instead of being built
+    whole on every rank first. ``args`` is taken only to make that order explicit."""
+    from components.common.modeling import load_model
+
+    if args.deepspeed and args.hf_deepspeed_config.is_zero3():
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        assert is_deepspeed_zero3_enabled(), "the trainer's ZeRO-3 config must be live while the model loads"
+    load = loader or load_model
+    return load(path, attn_implementation=stage.attn_implementation)
+
+
+def trainer_precision_args(cfg: Config, stage_precision: str | None = None) -> dict[str, Any]:
     """``use_cpu``/``bf16``/``fp16`` for HF TrainingArguments, decided from the hardware."""
-    precision = resolve_precision(cfg.deepspeed)
+    precision = resolve_precision(cfg.deepspeed, stage_precision)
     return {
         "use_cpu": not torch.cuda.is_available(),
         "bf16": precision == "bf16",

@@ -55,5 +55,5 @@ def in_context_copying(
     rng = np.random.default_rng(seed)
     sequences = torch.from_numpy(rng.choice(pool, size=(num_sequences, length)).astype(np.int64))
     model.eval()
-    first, second = copy_losses(model, sequences)
+    first, second = copy_losses(model, sequences.to(next(model.parameters()).device))
     return {"copy.first_loss": first, "copy.second_loss": second, "copy.score": copy_score(first, second)}

@@ -37,6 +37,7 @@ def generate_replies(
         chunk = conversations[start : start + batch_size]
         prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(next(model.parameters()).device)
         generated = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,

@@ -14,8 +14,9 @@ def heldout_perplexity(model: torch.nn.Module, blocks: np.ndarray, batch_size: i
     model.eval()
     total_nll, total_tokens = 0.0, 0
     data = torch.from_numpy(blocks.astype(np.int64))
+    device = next(model.parameters()).device
     for start in range(0, len(data), batch_size):
-        batch = data[start : start + batch_size]
+        batch = data[start : start + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
         targets = batch[:, 1:]
         nll = torch.nn.functional.cross_entropy(

@@ -42,6 +42,7 @@ def greedy_samples(
     model.eval()
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = enc.to(next(model.parameters()).device)
     out = model.generate(
         **enc,
         max_new_tokens=max_new_tokens,

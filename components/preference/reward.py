@@ -100,9 +100,12 @@ def reward_train_loop(config: dict[str, Any]) -> None:
     rank, _ = hf_worker.worker_setup(cfg)
     source = hf_worker.fetch_checkpoint(config["base_uri"])
     tokenizer = load_tokenizer(source)
-    model = load_reward_model(str(source), tokenizer.pad_token_id)
     train = pairs_dataset(storage.read_jsonl(config["train_uri"]))
     args = RewardConfig(**hf_worker.common_training_args(cfg, rc, "reward"), max_length=rc.max_length)
+    # after args: ZeRO-3 partitions the model as it loads
+    model = hf_worker.load_trainer_model(
+        source, args, rc, lambda path, **kw: load_reward_model(str(path), tokenizer.pad_token_id, **kw)
+    )
     trainer = length_grouped_trainer(RewardTrainer)(
         model=model, args=args, train_dataset=train, processing_class=tokenizer
     )
