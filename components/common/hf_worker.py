@@ -8,6 +8,7 @@ checkpoint Ray Train hands back after a failure, and publishing the final model 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -161,24 +162,35 @@ def train_and_publish(
     ``extra_fn()``)."""
     from ray.train.huggingface.transformers import prepare_trainer
 
-    from components.common.ds_checkpoint import install_elastic_loader
+    from components.common.ds_checkpoint import install_elastic_loader, weights_only_loads
 
     add_pipeline_callbacks(trainer, rank, config)
     trainer = prepare_trainer(trainer)
     install_elastic_loader()  # resuming into fewer workers after a lost node (ray.min_workers)
     resume, start_step = restored_checkpoint()
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    # resuming reads the checkpoint as data only (weights-only unpickling); nothing else loads then
+    with weights_only_loads() if resume else contextlib.nullcontext():
+        result = trainer.train(resume_from_checkpoint=resume)
     summary = {
         "train_seconds": time.perf_counter() - started,
         "train_loss": float(result.training_loss),
         "step": trainer.state.global_step,
         "resumed_from": start_step,
+        "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
+        **peak_gpu_memory(),
         **(extra or {}),
         **(extra_fn() if extra_fn else {}),
     }
     publish_model(trainer, tokenizer, config["output_uri"], rank, summary)
     return summary
+
+
+def peak_gpu_memory() -> dict[str, float]:
+    """``peak_gpu_memory_gib``: the most GPU memory this worker's tensors held (none on CPU)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def restored_checkpoint() -> tuple[str | None, int]:
@@ -190,6 +202,8 @@ def restored_checkpoint() -> tuple[str | None, int]:
         return None, 0
     local = checkpoint.to_directory(str(scratch_dir("restore")))
     path = Path(local) / "checkpoint"
+    # the trainer's pickled arguments: never needed to resume, never to be unpickled
+    (path / "training_args.bin").unlink(missing_ok=True)
     state = path / "trainer_state.json"
     step = 0
     if state.is_file():

@@ -185,6 +185,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
             "kl_last": last.get("kl", float("nan")),
             "ended_fraction_last": last.get("ended_fraction", float("nan")),
             "train_seconds": time.perf_counter() - loop_started,
+            **hf_worker.peak_gpu_memory(),
         }
     with tempfile.TemporaryDirectory() as tmp:
         save_full_policy(engine, tmp, rank)  # every rank: ZeRO-3 gathers the shards

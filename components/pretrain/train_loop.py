@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.common.hf_worker import SUMMARY_FILE
+from components.common.hf_worker import SUMMARY_FILE, peak_gpu_memory
 from components.common.progress import StepTimer
 from components.common.scratch import cleans_scratch, scratch_dir
 
@@ -204,7 +204,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             report.update(
                 step=done, final=done == pc.steps, resumed_from=start_step,
                 tokens_per_s=timed_tokens / timed_seconds if timed_seconds else 0.0,
-                train_seconds=time.perf_counter() - loop_started,
+                train_seconds=time.perf_counter() - loop_started, **peak_gpu_memory(),
             )
             if done == pc.steps:
                 _save_hf_model(engine, cfg.deepspeed.zero_stage, config["output_uri"], tokenizer_dir, rank, report)
