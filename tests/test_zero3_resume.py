@@ -10,9 +10,7 @@ import os
 from safetensors.torch import load_file
 
 from components.common import storage
-from components.data_prep.step import run_data_prep
-from components.pretrain.step import run_pretrain
-from tests.faults import kill_worker_after_first_checkpoint
+from tests.faults import pretrain_with_a_killed_worker
 
 ZERO3 = [
     "deepspeed.zero_stage=3", "deepspeed.precision=bf16", "deepspeed.stage3_param_persistence_threshold=0",
@@ -23,11 +21,7 @@ ZERO3 = [
 
 def test_zero3_pretrain_killed_worker_resumes(make_config, local_ray):
     cfg = make_config(*ZERO3)
-    manifest = run_data_prep(cfg, "z3kill")
-    killed: list[int] = []
-    watcher = kill_worker_after_first_checkpoint(os.path.join(cfg.storage.root, "z3kill", "ray", "pretrain"), killed)
-    out = run_pretrain(cfg, "z3kill", manifest["data_uri"])
-    watcher.join(timeout=5)
+    out, killed = pretrain_with_a_killed_worker(cfg, "z3kill")
     assert killed, "no training worker was found to kill"
     assert out["pretrain"]["resumed_from_step"] >= 10
     assert storage.is_complete(out["pretrain"]["uri"])
