@@ -94,8 +94,10 @@ def load_model(
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
-    """The device a model's weights live on (the first parameter's)."""
-    return next(model.parameters()).device
+    """The device a model's weights live on (the first parameter's; the CPU for a model
+    without parameters): where its inputs go."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
 
 
 def is_zero3_partitioned(model: torch.nn.Module) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from components.common.modeling import model_device
 from components.data_prep.preferences import PreferencePair, oracle_prefers, oracle_score
 from components.evaluate.intervals import interval_metrics
 from components.preference.ppo import token_logprobs
@@ -34,7 +35,7 @@ def sample_replies(
     for start in range(0, len(prompts), batch_size):
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[start : start + batch_size]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        enc = enc.to(next(model.parameters()).device)
+        enc = enc.to(model_device(model))
         out = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
             use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -56,7 +57,7 @@ def reply_logprobs(
     Rows are right-padded: with causal attention a token never sees the padding after it, so
     each row's log-probs are those of the row alone; padding positions are masked out."""
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     rows: list[tuple[list[int], int]] = []
     for prompt, reply in zip(prompts, replies):
         head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)

@@ -33,6 +33,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.common.config import PPOHyperparams
+from components.common.modeling import is_zero3_partitioned
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,8 +250,6 @@ def generate_rollout(
     device = next(model.parameters()).device
     prompt_ids = enc["input_ids"].to(device)
     prompt_mask = enc["attention_mask"].to(device)
-
-    from components.common.modeling import is_zero3_partitioned
 
     sequences = model.generate(
         # ZeRO-3: every forward gathers parameters from all ranks, so a rank whose replies all

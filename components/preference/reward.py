@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from components.common.modeling import model_device
 from components.common.scratch import cleans_scratch
 
 
@@ -49,7 +50,7 @@ def reward_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies
         tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
         for p, r in zip(prompts, replies)
     ]
-    device = next(model.parameters()).device
+    device = model_device(model)
     scores = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
