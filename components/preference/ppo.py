@@ -479,7 +479,7 @@ def ppo_update(
     # gradient checkpointing only recomputes in train mode; with dropout 0 (Llama's default)
     # train mode computes exactly what eval mode does
     lm = model.lm if isinstance(model, PolicyWithValue) else model
-    model.train(bool(getattr(lm, "is_gradient_checkpointing", False)))
+    model.train(bool(getattr(lm, "is_activation_checkpointing", False)))
     batch = len(rollout)
     totals: dict[str, float] = {}
     steps = 0
