@@ -259,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     shape = dict(vocab=cfg.data.vocab_size, hidden=m.hidden_size, intermediate=m.intermediate_size,
                  layers=m.num_layers, heads=m.num_heads, kv_heads=m.num_kv_heads, seq_len=m.max_seq_len)
     run_dir = root / RUN_ID
+    init_config = run_dir / "checkpoints" / "init" / "config.json"
+    if init_config.is_file():  # the vocabulary the tokenizer really reached
+        shape["vocab"] = json.loads(init_config.read_text())["vocab_size"]
     rows = stage_figures(run_dir, shape, peak_for(device, None))
     print("\n## per stage\n" + stage_table(rows), flush=True)
 
