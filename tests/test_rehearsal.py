@@ -38,5 +38,5 @@ def test_rehearsal_pipeline_under_zero3_bf16(tmp_path):
         summary = json.loads((run / "checkpoints" / stage / "train_summary.json").read_text())
         assert summary.get("train_seconds", 0) > 0, (stage, summary)
     results = json.loads((run / "eval" / "results.json").read_text())
-    for stage in ("init", "pretrain", "sft", "ppo", "rlvr"):
+    for stage in ("init", "pretrain", "sft", "preference", "rlvr"):
         assert results[stage]["metrics"]["perplexity"] > 0, stage
