@@ -6,7 +6,7 @@ PIP     := $(PY) -m pip
 PYTEST_ARGS ?=
 ARGS    ?=
 
-.PHONY: install run run-stack stack-up stack-down test test-all compile bench clean chromium
+.PHONY: install run run-stack stack-up stack-down test test-all compile bench gpu-check clean chromium
 
 install: $(VENV)/.installed chromium
 
@@ -49,6 +49,15 @@ compile: install
 
 bench: install
 	$(PY) benchmarks/pretrain_throughput.py
+
+# The gpu preset end to end on one GPU, cut to about 8 minutes, then per stage: seconds,
+# throughput, MFU (pre-training), peak GPU memory; vLLM rollouts beside plain generate; the
+# evaluation table. Needs CUDA, flash-attn and vLLM (the CUDA image): it uses that machine's
+# Python (GPU_PY), not this Makefile's CPU virtualenv.
+GPU_PY ?= python3
+gpu-check:
+	mkdir -p gpu-check
+	$(GPU_PY) benchmarks/gpu_check.py --out gpu-check --json gpu-check/figures.json
 
 clean:
 	rm -rf build fromscratch-runs .pytest_cache .fromscratch-kfp

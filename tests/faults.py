@@ -43,3 +43,17 @@ def kill_worker_after_first_checkpoint(ray_run_dir: str | Path, killed: list[int
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
     return thread
+
+
+def pretrain_with_a_killed_worker(cfg, run_id: str) -> tuple[dict, list[int]]:
+    """Data prep, then pre-training of ``run_id`` while a worker is killed after the first
+    checkpoint; returns the stage's output and the killed pid (empty if none was found)."""
+    from components.data_prep.step import run_data_prep
+    from components.pretrain.step import run_pretrain
+
+    manifest = run_data_prep(cfg, run_id)
+    killed: list[int] = []
+    watcher = kill_worker_after_first_checkpoint(os.path.join(cfg.storage.root, run_id, "ray", "pretrain"), killed)
+    out = run_pretrain(cfg, run_id, manifest["data_uri"])
+    watcher.join(timeout=5)
+    return out, killed

@@ -12,18 +12,14 @@ from components.common import storage
 from components.common.tracking import Tracker
 from components.data_prep.step import run_data_prep
 from components.pretrain.step import checkpoint_uri, run_pretrain
-from tests.faults import kill_worker_after_first_checkpoint
+from tests.faults import kill_worker_after_first_checkpoint, pretrain_with_a_killed_worker
 
 STEPS = ["pretrain.steps=100", "pretrain.checkpoint_every=20", "pretrain.log_every=10", "pretrain.warmup_steps=5"]
 
 
 def test_killed_worker_resumes_from_checkpoint(make_config, local_ray):
     cfg = make_config(*STEPS)
-    manifest = run_data_prep(cfg, "kill")
-    killed: list[int] = []
-    watcher = kill_worker_after_first_checkpoint(os.path.join(cfg.storage.root, "kill", "ray", "pretrain"), killed)
-    out = run_pretrain(cfg, "kill", manifest["data_uri"])
-    watcher.join(timeout=5)
+    out, killed = pretrain_with_a_killed_worker(cfg, "kill")
     assert killed, "no training worker was found to kill"
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
     assert out["pretrain"]["resumed_from_step"] in (20, 40, 60, 80)

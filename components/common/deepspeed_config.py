@@ -13,24 +13,28 @@ import torch
 from components.common.config import DeepSpeedConfig
 
 
-def resolve_precision(ds: DeepSpeedConfig) -> str:
-    """``auto`` means bf16 on a GPU that has it, fp32 elsewhere (CPU ZeRO stays in fp32)."""
-    if ds.precision != "auto":
-        return ds.precision
+def resolve_precision(ds: DeepSpeedConfig, stage_precision: str | None = None) -> str:
+    """The stage's precision (``stage_precision``, else ``deepspeed.precision``); ``auto`` means
+    bf16 on a GPU that has it, fp32 elsewhere (CPU ZeRO stays in fp32)."""
+    precision = stage_precision or ds.precision
+    if precision != "auto":
+        return precision
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "fp32"
 
 
 def build_deepspeed_config(
-    ds: DeepSpeedConfig, micro_batch_size: int, grad_accum: int
+    ds: DeepSpeedConfig, micro_batch_size: int, grad_accum: int, stage_precision: str | None = None
 ) -> dict[str, Any]:
-    precision = resolve_precision(ds)
+    precision = resolve_precision(ds, stage_precision)
     zero: dict[str, Any] = {"stage": ds.zero_stage}
     if ds.offload_optimizer and ds.zero_stage > 0:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     if ds.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if ds.stage3_param_persistence_threshold is not None:
+            zero["stage3_param_persistence_threshold"] = ds.stage3_param_persistence_threshold
     if ds.zero_stage in (1, 2) and ds.elastic_checkpoint:
         zero["elastic_checkpoint"] = True  # optimizer state re-partitions to another worker count
     return {

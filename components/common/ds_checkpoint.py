@@ -3,12 +3,13 @@ PPO): save on every rank, name the process that wrote each part, restore after a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 CKPT_TAG = "ds"
 STATE_FILE = "trainer_state.json"
@@ -43,10 +44,72 @@ def restore_checkpoint(engine) -> dict[str, Any] | None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
-    install_elastic_loader()
     with checkpoint.as_directory() as ckpt_dir:
-        _, client_state = engine.load_checkpoint(ckpt_dir, tag=CKPT_TAG)
+        return load_engine_checkpoint(engine, ckpt_dir)
+
+
+def load_engine_checkpoint(engine, ckpt_dir: str | Path) -> dict[str, Any]:
+    """Load a checkpoint ``report_checkpoint`` wrote into ``engine``, reading every file as
+    data only (``weights_only_loads``); returns its ``client_state``."""
+    install_elastic_loader()
+    with weights_only_loads():
+        _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=CKPT_TAG)
     return dict(client_state or {})
+
+
+# ---- resume reads data, never code -------------------------------------------------------------
+#
+# A checkpoint folder lives on shared storage (``<root>/<run>/ray/``): whoever can write there must
+# not get code run in the workers on the next resume. DeepSpeed reads its files with
+# ``torch.load(weights_only=False)``, i.e. full pickle; torch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``
+# turns every ``torch.load`` in the process into its restricted unpickler (tensors, containers,
+# numbers, strings and the few classes allowed below), which refuses any other global instead of
+# importing it. Model weights that leave a stage are safetensors (``save_pretrained``).
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint file holds something other than data (a pickled callable or class)."""
+
+
+def checkpoint_safe_globals() -> list[Any]:
+    """The non-tensor objects DeepSpeed's own checkpoints contain (measured on 0.19 with ZeRO
+    0-3, fp32 and bf16): the ZeRO stage enum and the loss scaler it stores beside the
+    optimizer state, and the ``torch.Size`` shapes in its parameter maps."""
+    from collections import OrderedDict
+
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address, OrderedDict, torch.Size]
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Inside, every ``torch.load`` of this process uses torch's weights-only unpickler (DeepSpeed's
+    explicit ``weights_only=False`` included); a file that needs anything else raises
+    ``UnsafeCheckpointError`` naming it, before any of its code could run."""
+    import pickle
+
+    import torch
+
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    try:
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            yield
+    except pickle.UnpicklingError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if "Unsupported global" in line]
+        raise UnsafeCheckpointError(
+            "refusing to resume: a checkpoint file holds more than weights and data "
+            f"({lines[0] if lines else exc})"
+        ) from exc
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 # ---- elastic checkpoints: restore into another number of workers ------------------------------

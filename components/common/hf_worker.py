@@ -8,6 +8,7 @@ checkpoint Ray Train hands back after a failure, and publishing the final model 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -65,15 +66,33 @@ def common_training_args(cfg: Config, stage: ScheduleSettings, prefix: str) -> d
         "disable_tqdm": True,
         "seed": cfg.seed,
         "dataloader_num_workers": 0,
-        "gradient_checkpointing": False,
-        "deepspeed": build_deepspeed_config(cfg.deepspeed, stage.per_device_batch, stage.accumulation),
-        **trainer_precision_args(cfg),
+        "gradient_checkpointing": stage.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if stage.gradient_checkpointing else None,
+        "deepspeed": build_deepspeed_config(
+            cfg.deepspeed, stage.per_device_batch, stage.accumulation, stage.precision
+        ),
+        **trainer_precision_args(cfg, stage.precision),
     }
 
 
-def trainer_precision_args(cfg: Config) -> dict[str, Any]:
+def load_trainer_model(path: str | Path, args, stage: ScheduleSettings, loader: Callable[..., Any] | None = None):
+    """The model a TRL trainer trains, loaded after its arguments: building the arguments with a
+    ZeRO-3 DeepSpeed config registers it with transformers (``HfDeepSpeedConfig``), so the model
+    is partitioned across the ranks as it loads (``deepspeed.zero.Init``) instead of being built
+    whole on every rank first. ``args`` is taken only to make that order explicit."""
+    from components.common.modeling import load_model
+
+    if args.deepspeed and args.hf_deepspeed_config.is_zero3():
+        from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+        assert is_deepspeed_zero3_enabled(), "the trainer's ZeRO-3 config must be live while the model loads"
+    load = loader or load_model
+    return load(path, attn_implementation=stage.attn_implementation)
+
+
+def trainer_precision_args(cfg: Config, stage_precision: str | None = None) -> dict[str, Any]:
     """``use_cpu``/``bf16``/``fp16`` for HF TrainingArguments, decided from the hardware."""
-    precision = resolve_precision(cfg.deepspeed)
+    precision = resolve_precision(cfg.deepspeed, stage_precision)
     return {
         "use_cpu": not torch.cuda.is_available(),
         "bf16": precision == "bf16",
@@ -143,24 +162,35 @@ def train_and_publish(
     ``extra_fn()``)."""
     from ray.train.huggingface.transformers import prepare_trainer
 
-    from components.common.ds_checkpoint import install_elastic_loader
+    from components.common.ds_checkpoint import install_elastic_loader, weights_only_loads
 
     add_pipeline_callbacks(trainer, rank, config)
     trainer = prepare_trainer(trainer)
     install_elastic_loader()  # resuming into fewer workers after a lost node (ray.min_workers)
     resume, start_step = restored_checkpoint()
     started = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=resume)
+    # resuming reads the checkpoint as data only (weights-only unpickling); nothing else loads then
+    with weights_only_loads() if resume else contextlib.nullcontext():
+        result = trainer.train(resume_from_checkpoint=resume)
     summary = {
         "train_seconds": time.perf_counter() - started,
         "train_loss": float(result.training_loss),
         "step": trainer.state.global_step,
         "resumed_from": start_step,
+        "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
+        **peak_gpu_memory(),
         **(extra or {}),
         **(extra_fn() if extra_fn else {}),
     }
     publish_model(trainer, tokenizer, config["output_uri"], rank, summary)
     return summary
+
+
+def peak_gpu_memory() -> dict[str, float]:
+    """``peak_gpu_memory_gib``: the most GPU memory this worker's tensors held (none on CPU)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
 
 
 def restored_checkpoint() -> tuple[str | None, int]:
@@ -172,6 +202,8 @@ def restored_checkpoint() -> tuple[str | None, int]:
         return None, 0
     local = checkpoint.to_directory(str(scratch_dir("restore")))
     path = Path(local) / "checkpoint"
+    # the trainer's pickled arguments: never needed to resume, never to be unpickled
+    (path / "training_args.bin").unlink(missing_ok=True)
     state = path / "trainer_state.json"
     step = 0
     if state.is_file():

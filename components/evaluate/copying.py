@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from components.common.modeling import model_device
+
 
 @torch.no_grad()
 def copy_losses(model: torch.nn.Module, sequences: torch.Tensor) -> tuple[float, float]:
@@ -55,5 +57,5 @@ def in_context_copying(
     rng = np.random.default_rng(seed)
     sequences = torch.from_numpy(rng.choice(pool, size=(num_sequences, length)).astype(np.int64))
     model.eval()
-    first, second = copy_losses(model, sequences)
+    first, second = copy_losses(model, sequences.to(model_device(model)))
     return {"copy.first_loss": first, "copy.second_loss": second, "copy.score": copy_score(first, second)}

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from components.common.modeling import model_device
 from components.data_prep.instructions import Example, check_reply, well_formed
 from components.evaluate.intervals import interval_metrics
 
@@ -37,6 +38,7 @@ def generate_replies(
         chunk = conversations[start : start + batch_size]
         prompts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chunk]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(model_device(model))
         generated = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,

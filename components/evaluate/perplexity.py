@@ -7,6 +7,8 @@ import math
 import numpy as np
 import torch
 
+from components.common.modeling import model_device
+
 
 @torch.no_grad()
 def heldout_perplexity(model: torch.nn.Module, blocks: np.ndarray, batch_size: int) -> dict[str, float]:
@@ -14,8 +16,9 @@ def heldout_perplexity(model: torch.nn.Module, blocks: np.ndarray, batch_size: i
     model.eval()
     total_nll, total_tokens = 0.0, 0
     data = torch.from_numpy(blocks.astype(np.int64))
+    device = model_device(model)
     for start in range(0, len(data), batch_size):
-        batch = data[start : start + batch_size]
+        batch = data[start : start + batch_size].to(device)
         logits = model(input_ids=batch).logits[:, :-1].float()
         targets = batch[:, 1:]
         nll = torch.nn.functional.cross_entropy(

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from components.common.modeling import model_device
 from components.data_prep.preferences import PreferencePair, oracle_prefers, oracle_score
 from components.evaluate.intervals import interval_metrics
 from components.preference.ppo import token_logprobs
@@ -34,6 +35,7 @@ def sample_replies(
     for start in range(0, len(prompts), batch_size):
         texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts[start : start + batch_size]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = enc.to(model_device(model))
         out = model.generate(
             **enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, top_k=0,
             use_cache=True, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -48,18 +50,34 @@ def sample_replies(
 @torch.no_grad()
 def reply_logprobs(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, prompts: list[list[dict[str, str]]], replies: list[str],
+    batch_size: int = 32,
 ) -> torch.Tensor:
-    """log p(reply + EOS | prompt) under ``model``, one value per reply."""
+    """log p(reply + EOS | prompt) under ``model``, one value per reply, scored in batches.
+
+    Rows are right-padded: with causal attention a token never sees the padding after it, so
+    each row's log-probs are those of the row alone; padding positions are masked out."""
     model.eval()
-    totals = []
+    device = model_device(model)
+    rows: list[tuple[list[int], int]] = []
     for prompt, reply in zip(prompts, replies):
         head = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
         head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
         reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids = torch.tensor([head_ids + reply_ids])
-        logprobs = token_logprobs(model(input_ids=ids).logits, ids)[0]
-        totals.append(float(logprobs[len(head_ids) - 1 :].sum()))
-    return torch.tensor(totals)
+        rows.append((head_ids + reply_ids, len(head_ids)))
+    totals: list[torch.Tensor] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width - 1))
+        for i, (row, head_len) in enumerate(chunk):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, head_len - 1 : len(row) - 1] = 1.0  # positions predicting reply tokens
+        ids, mask = ids.to(device), mask.to(device)
+        attention = (torch.arange(width, device=device)[None, :] < torch.tensor([len(r) for r, _ in chunk], device=device)[:, None]).long()
+        logprobs = token_logprobs(model(input_ids=ids, attention_mask=attention).logits, ids)
+        totals.append((logprobs * mask).sum(dim=1).float().cpu())
+    return torch.cat(totals) if totals else torch.zeros(0)
 
 
 def ranked_right(reward_model, tokenizer, pairs: list[PreferencePair]) -> torch.Tensor:

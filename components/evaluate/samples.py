@@ -15,6 +15,8 @@ import re
 import torch
 from transformers import PreTrainedTokenizerFast
 
+from components.common.modeling import model_device
+
 WORD = re.compile(r"[A-Za-z]+|[0-9]+")
 
 
@@ -42,6 +44,7 @@ def greedy_samples(
     model.eval()
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = enc.to(model_device(model))
     out = model.generate(
         **enc,
         max_new_tokens=max_new_tokens,

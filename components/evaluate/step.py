@@ -21,10 +21,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from components.common import storage
-from components.common.config import Config
+from components.common.config import Config, EvaluateConfig
+from components.common.modeling import DTYPES, load_model, load_tokenizer
 from components.common.progress import emit_event
-from components.common.modeling import load_model, load_tokenizer
 from components.common.stage import stage_context
 from components.data_prep.shards import read_shards
 from components.data_prep.step import dataset_refs, load_manifest
@@ -96,12 +98,32 @@ def suite_digests(cfg: Config, suites: Suites) -> dict[str, str]:
     return out
 
 
+def eval_device(ev: EvaluateConfig) -> torch.device:
+    """Where checkpoints are scored: ``evaluate.device``; auto is the task's GPU when it has one."""
+    if ev.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(ev.device)
+
+
+def eval_dtype(ev: EvaluateConfig) -> torch.dtype:
+    """The weights' dtype while scoring; auto is bf16 on a GPU that has it, else fp32."""
+    if ev.precision == "auto":
+        bf16 = eval_device(ev).type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if bf16 else torch.float32
+    return DTYPES[ev.precision]
+
+
+def load_eval_model(ev: EvaluateConfig, path):
+    """A checkpoint for scoring: on the evaluation device, in its dtype, with its attention kernel."""
+    return load_model(path, dtype=eval_dtype(ev), attn_implementation=ev.attn_implementation, device=eval_device(ev)).eval()
+
+
 def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[str, Any]:
     """Run every suite on one checkpoint folder."""
     ev = cfg.evaluate
     with storage.local_copy(checkpoint, "checkpoint") as local:
         tokenizer = load_tokenizer(local)
-        model = load_model(local)
+        model = load_eval_model(ev, local)
     metrics = heldout_perplexity(model, suites.heldout, ev.batch_size)
     next_token, suites.previous_logprobs = heldout_next_token(
         model, suites.heldout, ev.kl_tokens, ev.batch_size, suites.previous_logprobs
@@ -131,7 +153,9 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
     if suites.reward_model is not None and suites.sft_replies is not None:
         prompts = [p.prompt for p in suites.win_pairs]
         replies = sample_replies(model, tokenizer, prompts, ev.instruction_max_new_tokens, ev.sample_temperature, cfg.seed)
-        gap = reply_logprobs(model, tokenizer, prompts, replies) - reply_logprobs(suites.sft_model, tokenizer, prompts, replies)
+        gap = reply_logprobs(model, tokenizer, prompts, replies, ev.batch_size) - reply_logprobs(
+            suites.sft_model, tokenizer, prompts, replies, ev.batch_size
+        )
         prefs = preference_metrics(replies, suites.sft_replies, suites.win_pairs, suites.reward_model, tokenizer, gap)
         metrics.update({f"pref.{k}": v for k, v in prefs.items()})
         out["preference_samples"] = [
@@ -157,9 +181,11 @@ def _preference_suites(cfg: Config, manifest: dict[str, Any], suites: Suites, re
     suites.win_pairs = suites.pairs * ev.preference_samples
     with storage.local_copy(reward_uri, "reward model") as local:
         tokenizer = load_tokenizer(local)
-        suites.reward_model = load_reward_model(str(local), tokenizer.pad_token_id)
+        suites.reward_model = load_reward_model(
+            str(local), tokenizer.pad_token_id, dtype=eval_dtype(ev), attn_implementation=ev.attn_implementation
+        ).to(eval_device(ev))
     with storage.local_copy(sft_uri, "SFT checkpoint") as local:
-        suites.sft_model = load_model(local)
+        suites.sft_model = load_eval_model(ev, local)
     prompts = [p.prompt for p in suites.win_pairs]
     suites.sft_replies = sample_replies(
         suites.sft_model, tokenizer, prompts, ev.instruction_max_new_tokens, ev.sample_temperature, cfg.seed

@@ -31,7 +31,7 @@ def dpo_train_loop(config: dict[str, Any]) -> None:
     from components.common import hf_worker, storage
     from components.common.config import Config
     from components.common.logs import setup_logging
-    from components.common.modeling import load_model, load_tokenizer
+    from components.common.modeling import load_tokenizer
     from components.preference.reward import pairs_dataset
 
     setup_logging()
@@ -40,10 +40,10 @@ def dpo_train_loop(config: dict[str, Any]) -> None:
     rank, _ = hf_worker.worker_setup(cfg)
     source = hf_worker.fetch_checkpoint(config["base_uri"])
     tokenizer = load_tokenizer(source)
-    model = load_model(source)
     train = pairs_dataset(storage.read_jsonl(config["train_uri"]))
     args = DPOConfig(
         **hf_worker.common_training_args(cfg, dc, "dpo"), beta=dc.beta, max_length=dc.max_length, **dpo_loss_args(dc)
     )
+    model = hf_worker.load_trainer_model(source, args, dc)  # after args: ZeRO-3 partitions it as it loads
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     hf_worker.train_and_publish(trainer, tokenizer, rank, config)

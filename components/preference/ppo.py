@@ -33,6 +33,7 @@ from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from components.common.config import PPOHyperparams
+from components.common.modeling import is_zero3_partitioned
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +252,10 @@ def generate_rollout(
     prompt_mask = enc["attention_mask"].to(device)
 
     sequences = model.generate(
+        # ZeRO-3: every forward gathers parameters from all ranks, so a rank whose replies all
+        # ended must keep stepping (without sampling) until every rank is done, or the ranks'
+        # gathers pair up wrongly / hang
+        synced_gpus=is_zero3_partitioned(model),
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         max_new_tokens=max_new_tokens,
@@ -277,7 +282,9 @@ def generate_rollout(
 
     logits, values = model(input_ids, attention_mask)
     logprobs = token_logprobs(logits, input_ids, temperature)
-    ref_logprobs = token_logprobs(_lm_logits(ref_model, input_ids, attention_mask), input_ids, temperature)
+    ref_device = next(ref_model.parameters()).device
+    ref_logits = _lm_logits(ref_model, input_ids.to(ref_device), attention_mask.to(ref_device))
+    ref_logprobs = token_logprobs(ref_logits, input_ids.to(ref_device), temperature).to(device)
     mask_f = response_mask.float()
 
     texts: list[str] = []
@@ -469,7 +476,10 @@ def ppo_update(
     advantages = advantages.detach()
     returns = returns.detach()
     was_training = model.training
-    model.eval()
+    # gradient checkpointing only recomputes in train mode; with dropout 0 (Llama's default)
+    # train mode computes exactly what eval mode does
+    lm = model.lm if isinstance(model, PolicyWithValue) else model
+    model.train(bool(getattr(lm, "is_activation_checkpointing", False)))
     batch = len(rollout)
     totals: dict[str, float] = {}
     steps = 0

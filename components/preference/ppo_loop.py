@@ -35,6 +35,69 @@ def prompt_batch(prompts: list, iteration: int, per_worker: int, rank: int, worl
     return batch[rank::world]
 
 
+def engine_dtype(ds_config: dict[str, Any]):
+    """The dtype DeepSpeed trains the weights in under ``ds_config``."""
+    import torch
+
+    if ds_config.get("bf16", {}).get("enabled"):
+        return torch.bfloat16
+    if ds_config.get("fp16", {}).get("enabled"):
+        return torch.float16
+    return torch.float32
+
+
+def load_frozen_models(sft_dir, rm_dir, pad_token_id: int, ds_config: dict[str, Any], pc, device):
+    """The reference policy and the reward model: frozen, whole on every rank (inference only,
+    never partitioned), in the engine's dtype, on ``device`` — where the engine puts the policy,
+    so rollout tokens never cross devices."""
+    import torch
+
+    from components.common.modeling import load_model
+    from components.preference.reward import load_reward_model
+
+    dtype = engine_dtype(ds_config)
+    reference = load_model(sft_dir, dtype=dtype, attn_implementation=pc.attn_implementation, device=device)
+    reward_model = load_reward_model(str(rm_dir), pad_token_id, dtype=dtype, attn_implementation=pc.attn_implementation)
+    reward_model.to(device)
+    return reference.eval().requires_grad_(False), reward_model.eval().requires_grad_(False)
+
+
+def build_policy(sft_dir, ds_config: dict[str, Any], pc):
+    """The trained policy: under ZeRO-3 its LM is partitioned while it loads (DeepSpeed's init
+    path); the value head is built outside, whole, and DeepSpeed partitions it at initialize."""
+    from components.common.modeling import load_model, zero3_loading
+    from components.preference.ppo import PolicyWithValue
+
+    dtype = engine_dtype(ds_config)
+    with zero3_loading(ds_config):
+        lm = load_model(sft_dir, dtype=dtype, attn_implementation=pc.attn_implementation)
+    if pc.gradient_checkpointing:
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    policy = PolicyWithValue(lm)
+    policy.value_head.to(dtype)  # ZeRO-3 partitions all parameters in one dtype
+    return policy
+
+
+def save_full_policy(engine, path: str | Path, rank: int) -> None:
+    """Write the policy's LM as a Hugging Face folder from rank 0, with its full weights.
+
+    Under ZeRO-3 each rank holds only a shard: every rank must join the gather
+    (``_zero3_consolidated_16bit_state_dict``, what DeepSpeed's own ``save_16bit_model`` uses),
+    which hands rank 0 the whole state dict; saving ``engine.module`` directly would write
+    empty tensors. The value head is a training-time crutch and stays out."""
+    from components.common.modeling import is_zero3_partitioned
+
+    module = engine.module
+    if is_zero3_partitioned(module):
+        state = engine._zero3_consolidated_16bit_state_dict()
+        if rank == 0:
+            lm_state = {k[len("lm."):]: v for k, v in state.items() if k.startswith("lm.")}
+            module.lm.save_pretrained(str(path), state_dict=lm_state, safe_serialization=True)
+        return
+    if rank == 0:
+        module.save_policy(path)
+
+
 @cleans_scratch
 def ppo_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
@@ -47,10 +110,10 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     from components.common.ds_checkpoint import report_checkpoint, restore_checkpoint
     from components.common.logs import setup_logging
     from components.common.metrics_sink import MetricsSink
-    from components.common.modeling import load_model, load_tokenizer
+    from components.common.modeling import load_tokenizer
     from components.common.progress import StepTimer
-    from components.preference.ppo import PolicyWithValue, ppo_iteration
-    from components.preference.reward import load_reward_model, reward_scores
+    from components.preference.ppo import ppo_iteration
+    from components.preference.reward import reward_scores
 
     setup_logging()
     log = hf_worker.log
@@ -60,16 +123,15 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     sft_dir = hf_worker.fetch_checkpoint(config["base_uri"])
     rm_dir = hf_worker.fetch_checkpoint(config["reward_uri"])
     tokenizer = load_tokenizer(sft_dir)
-    policy = PolicyWithValue(load_model(sft_dir))
-    reference = load_model(sft_dir).eval().requires_grad_(False)
-    reward_model = load_reward_model(str(rm_dir), tokenizer.pad_token_id).eval().requires_grad_(False)
-    prompts = unique_prompts(storage.read_jsonl(config["train_uri"]))
-
+    ds_config = build_deepspeed_config(cfg.deepspeed, pc.minibatch_size, 1, pc.precision)
+    policy = build_policy(sft_dir, ds_config, pc)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=pc.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    engine, _, _, _ = deepspeed.initialize(
-        model=policy, optimizer=optimizer,
-        config=build_deepspeed_config(cfg.deepspeed, pc.minibatch_size, 1),
+    engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_config)
+    # the frozen models load whole (never partitioned), on the device the engine trains on
+    reference, reward_model = load_frozen_models(
+        sft_dir, rm_dir, tokenizer.pad_token_id, ds_config, pc, engine.device
     )
+    prompts = unique_prompts(storage.read_jsonl(config["train_uri"]))
 
     def optimizer_step(loss: torch.Tensor) -> None:
         engine.backward(loss)
@@ -111,6 +173,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
         if done % pc.checkpoint_every == 0 or done == pc.iterations:
             report_checkpoint(engine, rank, done, {"iteration": done, **stats}, client_state={"iteration": done})
 
+    summary: dict[str, Any] = {}
     if rank == 0:
         first = history[0] if history else {}
         last = history[-1] if history else {}
@@ -122,9 +185,11 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
             "kl_last": last.get("kl", float("nan")),
             "ended_fraction_last": last.get("ended_fraction", float("nan")),
             "train_seconds": time.perf_counter() - loop_started,
+            **hf_worker.peak_gpu_memory(),
         }
-        with tempfile.TemporaryDirectory() as tmp:
-            engine.module.save_policy(tmp)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_full_policy(engine, tmp, rank)  # every rank: ZeRO-3 gathers the shards
+        if rank == 0:
             tokenizer.save_pretrained(tmp)
             Path(tmp, hf_worker.SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
             storage.upload_dir(tmp, config["output_uri"])

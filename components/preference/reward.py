@@ -16,14 +16,19 @@ from typing import Any
 
 import torch
 
+from components.common.modeling import model_device
 from components.common.scratch import cleans_scratch
 
 
-def load_reward_model(path: str, pad_token_id: int):
+def load_reward_model(path: str, pad_token_id: int, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None):
     """The SFT checkpoint with a fresh 1-logit head (or a trained reward model)."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    from components.common.modeling import resolve_attention
+
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path, num_labels=1, dtype=dtype, attn_implementation=resolve_attention(attn_implementation)
+    )
     model.config.pad_token_id = pad_token_id
     return model
 
@@ -45,11 +50,12 @@ def reward_scores(model, tokenizer, prompts: list[list[dict[str, str]]], replies
         tokenizer.apply_chat_template(p + [{"role": "assistant", "content": r}], tokenize=False)
         for p, r in zip(prompts, replies)
     ]
+    device = model_device(model)
     scores = []
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        scores.append(model(**enc).logits[:, 0].float())
-    return torch.cat(scores) if scores else torch.zeros(0)
+        scores.append(model(**enc.to(device)).logits[:, 0].float())
+    return torch.cat(scores) if scores else torch.zeros(0, device=device)
 
 
 def pair_lengths(dataset) -> list[int]:
@@ -95,9 +101,12 @@ def reward_train_loop(config: dict[str, Any]) -> None:
     rank, _ = hf_worker.worker_setup(cfg)
     source = hf_worker.fetch_checkpoint(config["base_uri"])
     tokenizer = load_tokenizer(source)
-    model = load_reward_model(str(source), tokenizer.pad_token_id)
     train = pairs_dataset(storage.read_jsonl(config["train_uri"]))
     args = RewardConfig(**hf_worker.common_training_args(cfg, rc, "reward"), max_length=rc.max_length)
+    # after args: ZeRO-3 partitions the model as it loads
+    model = hf_worker.load_trainer_model(
+        source, args, rc, lambda path, **kw: load_reward_model(str(path), tokenizer.pad_token_id, **kw)
+    )
     trainer = length_grouped_trainer(RewardTrainer)(
         model=model, args=args, train_dataset=train, processing_class=tokenizer
     )

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from components.common.hf_worker import SUMMARY_FILE
+from components.common.hf_worker import SUMMARY_FILE, peak_gpu_memory
 from components.common.progress import StepTimer
 from components.common.scratch import cleans_scratch, scratch_dir
 
@@ -73,7 +73,9 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> t
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        (no_decay if param.ndim < 2 else decay).append(param)
+        # under ZeRO-3 a parameter is a flat shard: its own shape is in ds_shape
+        ndim = len(getattr(param, "ds_shape", param.shape))
+        (no_decay if ndim < 2 else decay).append(param)
     groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
@@ -115,7 +117,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.common.deepspeed_config import build_deepspeed_config
     from components.common.logs import setup_logging
     from components.common.metrics_sink import MetricsSink
-    from components.common.modeling import load_model
+    from components.common.modeling import load_model, zero3_loading
     from components.data_prep.shards import read_shards
 
     setup_logging()
@@ -130,19 +132,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     blocks = torch.from_numpy(train.astype(np.int64))
     sampler = BlockSampler(len(blocks), cfg.seed, rank, world, pc.micro_batch_size, pc.grad_accum)
 
+    ds_config = build_deepspeed_config(cfg.deepspeed, pc.micro_batch_size, pc.grad_accum, pc.precision)
     with tempfile.TemporaryDirectory() as init_dir:
         storage.download_dir(config["init_uri"], init_dir)
-        model = load_model(init_dir)
+        with zero3_loading(ds_config):  # ZeRO-3: each rank keeps only its shard as it loads
+            model = load_model(init_dir, attn_implementation=pc.attn_implementation)
         tokenizer_dir = scratch_dir("tok")
         for name in os.listdir(init_dir):
             if "token" in name or name.endswith(".jinja"):
                 Path(tokenizer_dir, name).write_bytes(Path(init_dir, name).read_bytes())
     model.config.use_cache = False
+    if pc.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizer = build_optimizer(model, pc.lr, pc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(pc.warmup_steps, pc.steps, pc.min_lr_ratio)
     )
-    ds_config = build_deepspeed_config(cfg.deepspeed, pc.micro_batch_size, pc.grad_accum)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
@@ -199,7 +204,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             report.update(
                 step=done, final=done == pc.steps, resumed_from=start_step,
                 tokens_per_s=timed_tokens / timed_seconds if timed_seconds else 0.0,
-                train_seconds=time.perf_counter() - loop_started,
+                train_seconds=time.perf_counter() - loop_started, **peak_gpu_memory(),
             )
             if done == pc.steps:
                 _save_hf_model(engine, cfg.deepspeed.zero_stage, config["output_uri"], tokenizer_dir, rank, report)

@@ -84,6 +84,10 @@ def grpo_config(cfg: Config, **overrides: Any):
         "loss_type": "dapo",
         "log_completions": False,
         "use_vllm": rc.use_vllm,
+        # vLLM inside the training process, sharing its GPU (one GPU is enough); weights are
+        # pushed to it after every step
+        "vllm_mode": "colocate",
+        "vllm_gpu_memory_utilization": rc.vllm_gpu_memory_utilization,
         "lr_scheduler_type": "constant_with_warmup",
         **overrides,
     }
@@ -213,15 +217,15 @@ def timed_grpo_trainer_class():
     return TimedGRPOTrainer
 
 
-def build_trainer(cfg: Config, model, tokenizer, train, **overrides: Any):
-    """The trainer every worker (and the benchmark) runs."""
+def build_trainer(cfg: Config, model, tokenizer, train, args=None, **overrides: Any):
+    """The trainer every worker (and the benchmark) runs; ``args`` defaults to ``grpo_config``."""
     from components.rlvr.verifiers import get_verifiers
 
     trainer_cls = timed_grpo_trainer_class()
     trainer = trainer_cls(
         model=model,
         reward_funcs=get_verifiers(cfg.rlvr.rewards),
-        args=grpo_config(cfg, **overrides),
+        args=args if args is not None else grpo_config(cfg, **overrides),
         train_dataset=train,
         processing_class=tokenizer,
     )
@@ -234,19 +238,21 @@ def rlvr_train_loop(config: dict[str, Any]) -> None:
     """Entry point of every Ray Train worker."""
     from components.common import hf_worker, storage
     from components.common.logs import setup_logging
-    from components.common.modeling import load_model, load_tokenizer
+    from components.common.modeling import load_tokenizer
 
     setup_logging()
     cfg = Config.from_json(config["cfg"])
     rank, _ = hf_worker.worker_setup(cfg)
     source = hf_worker.fetch_checkpoint(config["base_uri"])
     tokenizer = load_tokenizer(source)
-    model = load_model(source)
     instructions = storage.read_jsonl(config["instructions_uri"]) if config.get("instructions_uri") else None
     train = problems_dataset(
         storage.read_jsonl(config["train_uri"]), instructions, cfg.rlvr.instruction_share, cfg.seed
     )
-    trainer = build_trainer(cfg, model, tokenizer, train)
+    args = grpo_config(cfg)
+    model = hf_worker.load_trainer_model(source, args, cfg.rlvr)  # after args: ZeRO-3 partitions it as it loads
+    trainer = build_trainer(cfg, model, tokenizer, train, args=args)
+
     def rollout_summary() -> dict[str, Any]:
         seconds = trainer.rollout_seconds
         return {

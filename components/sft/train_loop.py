@@ -56,7 +56,7 @@ def sft_train_loop(config: dict[str, Any]) -> None:
     from components.common import hf_worker, storage
     from components.common.config import Config
     from components.common.logs import setup_logging
-    from components.common.modeling import load_model, load_tokenizer
+    from components.common.modeling import load_tokenizer
 
     setup_logging()
     cfg = Config.from_json(config["cfg"])
@@ -64,7 +64,6 @@ def sft_train_loop(config: dict[str, Any]) -> None:
     rank, _world = hf_worker.worker_setup(cfg)
     source = hf_worker.fetch_checkpoint(config["base_uri"])
     tokenizer = load_tokenizer(source)
-    model = load_model(source)
     conversations = [r["messages"] for r in storage.read_jsonl(config["train_uri"])]
     corpus = [r["text"] for r in storage.read_jsonl(config["replay_uri"])] if sc.replay_ratio > 0 else []
     replay = replay_sample(corpus, int(len(conversations) * sc.replay_ratio), cfg.seed)
@@ -78,5 +77,6 @@ def sft_train_loop(config: dict[str, Any]) -> None:
         # assistant-only loss comes from our pre-tokenized ``assistant_masks`` (see above);
         # TRL's own flag is for raw conversational datasets only.
     )
+    model = hf_worker.load_trainer_model(source, args, sc)  # after args: ZeRO-3 partitions it as it loads
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer)
     hf_worker.train_and_publish(trainer, tokenizer, rank, config)

@@ -8,7 +8,7 @@ every stage shares. Everything is importable from here.
 """
 
 from components.common.config.base import (
-    ConfigError, ScheduleSettings, Strict, TrainerSettings,
+    ConfigError, RuntimeSettings, ScheduleSettings, Strict, TrainerSettings,
 )
 from components.common.config.data import (
     DataConfig, DataSource, GeneratedCorpusConfig, InstructionDataConfig, PreferenceDataConfig,
@@ -37,7 +37,7 @@ __all__ = [
     "EvaluateConfig", "GateMetric", "GeneratedCorpusConfig", "InstructionDataConfig", "KubernetesConfig",
     "ModelConfig", "PPOHyperparams", "PPOStageConfig", "PipelineConfig", "PreferenceDataConfig",
     "PreferenceStageConfig", "PretrainConfig", "ProblemDataConfig", "PromotionConfig", "RayConfig",
-    "RewardModelConfig", "RlvrStageConfig", "SFTStageConfig", "ScheduleSettings", "SecretEnv", "Strict",
+    "RewardModelConfig", "RlvrStageConfig", "RuntimeSettings", "SFTStageConfig", "ScheduleSettings", "SecretEnv", "Strict",
     "StorageConfig", "Toleration", "TrackingConfig", "TrainerSettings", "apply_overrides", "load_config",
     "parse_override", "preset_path", "resolve_stage_config", "split_overrides",
 ]

@@ -6,7 +6,7 @@ ignored setting; ``validate_assignment`` keeps a section valid when code sets a 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,7 +38,29 @@ GradAccum = Annotated[
 MaxLength = Annotated[int, Field(ge=16, description="Tokens per training sequence (longer ones are truncated).")]
 
 
-class ScheduleSettings(Strict):
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+AttnImplementation = Literal["sdpa", "eager", "flash_attention_2"]
+
+
+class RuntimeSettings(Strict):
+    """How a stage runs its model on the hardware (not what it learns): every training stage,
+    the hand-written loops (pre-training, PPO) and the TRL trainers alike."""
+
+    gradient_checkpointing: bool = Field(
+        default=False,
+        description="Recompute activations in the backward pass: less memory for about a third more compute.",
+    )
+    attn_implementation: AttnImplementation = Field(
+        default="sdpa",
+        description="Attention kernel: sdpa (torch), eager, or flash_attention_2 (CUDA with flash-attn installed; "
+        "falls back to sdpa where it is not).",
+    )
+    precision: Precision | None = Field(
+        default=None, description="This stage's training precision; unset: deepspeed.precision."
+    )
+
+
+class ScheduleSettings(RuntimeSettings):
     """The optimisation schedule every trainer shares (what ``hf_worker.common_training_args``
     reads). A stage fixes its batch shape through ``per_device_batch`` and ``accumulation``."""
 

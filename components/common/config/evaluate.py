@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from components.common.config.base import Strict
+from components.common.config.base import AttnImplementation, Strict
 
 
 class GateMetric(Strict):
@@ -56,6 +56,15 @@ class EvaluateConfig(Strict):
         default=1.0, gt=0, description="Sampling temperature of the win-rate replies (policies are sampled)."
     )
     batch_size: int = Field(default=16, ge=1, description="Sequences scored or generated per batch.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="Where checkpoints are scored; auto: the GPU when the task has one, else CPU."
+    )
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        default="fp32", description="Weights' dtype while scoring; auto: bf16 on a GPU that has it, else fp32."
+    )
+    attn_implementation: AttnImplementation = Field(
+        default="sdpa", description="Attention kernel while scoring (flash_attention_2 needs CUDA and flash-attn)."
+    )
     max_new_tokens: int = Field(default=24, ge=1, description="Longest sampled reply in the win rates.")
     max_problems: int = Field(default=300, ge=1, description="Held-out RLVR problems per checkpoint.")
     pass_k: int = Field(default=4, ge=0, le=1024, description="k of pass@k (0: greedy only, no samples).")

@@ -78,6 +78,11 @@ class DeepSpeedConfig(Strict):
         default="auto", description="Training precision; auto: bf16 where the hardware supports it, else fp32."
     )
     gradient_clipping: float = Field(default=1.0, ge=0, description="Global gradient-norm clip (0: none).")
+    stage3_param_persistence_threshold: int | None = Field(
+        default=None, ge=0,
+        description="ZeRO-3: parameters with fewer elements stay whole on every rank; unset: DeepSpeed's "
+        "default (1e5). The rehearsal sets 0 so a tiny model is really partitioned.",
+    )
     elastic_checkpoint: bool | None = Field(
         default=None,
         description="ZeRO-1/2 checkpoints that load into another worker count. Unset: on exactly "

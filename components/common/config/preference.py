@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field
 
 from components.common.config.base import (
-    CheckpointEvery, LearningRate, LogEvery, MaxLength, Steps, Strict, TrainerSettings, WarmupSteps,
+    CheckpointEvery, LearningRate, LogEvery, MaxLength, RuntimeSettings, Steps, Strict, TrainerSettings,
+    WarmupSteps,
 )
 
 
@@ -55,7 +56,7 @@ class PPOHyperparams(Strict):
     )
 
 
-class PPOStageConfig(PPOHyperparams):
+class PPOStageConfig(PPOHyperparams, RuntimeSettings):
     """The project's PPO (TRL no longer ships one): policy + value head against the reward model."""
 
     iterations: int = Field(default=40, ge=1, description="Rollout-then-update iterations.")
