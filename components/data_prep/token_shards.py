@@ -112,6 +112,17 @@ def _finish(work: str, stage: str, index: int, fingerprint: str, result: dict[st
         fh.write(json.dumps({"fingerprint": fingerprint, "result": result}).encode())
 
 
+def _version(unit: Unit) -> str:
+    """What changes when the unit's file changes (size and mtime locally, the ETag on S3)."""
+    if not unit.uri:
+        return ""
+    try:
+        fs, path = storage.filesystem(unit.uri)
+        return str(fs.ukey(path))
+    except Exception:  # a store without ukey: the unit is redone only when its marker is missing
+        return ""
+
+
 def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -121,7 +132,7 @@ def _fingerprint(*parts: Any) -> str:
 
 def scan_unit(task: dict[str, Any]) -> dict[str, Any]:
     unit, index, work = Unit.from_json(task["unit"]), task["index"], task["work"]
-    fp = _fingerprint("scan", task["unit"], task["seed"], task["sample_docs"], task["heldout_fraction"])
+    fp = _fingerprint("scan", task["unit"], _version(unit), task["seed"], task["sample_docs"], task["heldout_fraction"])
     cached = _done(work, "scan", index, fp)
     if cached is not None:
         return cached
@@ -260,7 +271,7 @@ def pack_unit(task: dict[str, Any]) -> dict[str, Any]:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per data worker: the pool scales
     unit, index, work = Unit.from_json(task["unit"]), task["index"], task["work"]
     drops = set(task["drops"])
-    fp = _fingerprint("pack", task["unit"], task["tokenizer_digest"], sorted(drops), task["seq_len"],
+    fp = _fingerprint("pack", task["unit"], _version(unit), task["tokenizer_digest"], sorted(drops), task["seq_len"],
                       task["shard_blocks"], task["heldout_fraction"], task["dtype"])
     cached = _done(work, "pack", index, fp)
     if cached is not None:
