@@ -2,14 +2,16 @@
 
 A split is a list of ``.bin`` files of raw token ids (``dtype`` from the manifest), each a whole
 number of ``seq_len`` blocks (``token_shards.py`` writes them). ``BlockReader`` fetches any
-block by its global id without loading a shard: local files are memory-mapped, remote ones
-(``s3://``) are range-read, with the next batch fetched in the background while the current
+block by its global id without loading a shard: local files are read with ``pread`` at the
+block's offset (not memory-mapped, so a long run's resident memory does not grow with the pages
+it has touched), remote ones (``s3://``) are range-read, with the next batch fetched in the background while the current
 one trains. ``BlockOrder`` is a seeded permutation of the block ids per epoch computed on the
 fly (a Feistel network with cycle-walking), so no worker holds an array the size of the corpus.
 """
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
@@ -30,7 +32,8 @@ class BlockReader:
         self.dtype = np.dtype(split.dtype)
         self.ends = np.cumsum([s.num_blocks for s in split.shards], dtype=np.int64)
         self.remote = storage.is_remote(split.uri)
-        self._maps: dict[int, np.ndarray] = {}
+        self._fds: dict[int, int] = {}
+        self.block_bytes = self.seq_len * self.dtype.itemsize
         self._fs: Any = None
         self._pool: ThreadPoolExecutor | None = None
         self._ahead: tuple[tuple[int, ...], Future] | None = None
@@ -45,17 +48,32 @@ class BlockReader:
         starts = np.concatenate([[0], self.ends[:-1]])
         return shard, ids - starts[shard]
 
-    def _local(self, shard: int) -> np.ndarray:
-        if shard not in self._maps:
-            path = storage.join(self.split.uri, self.split.shards[shard].file)
-            self._maps[shard] = np.memmap(path, dtype=self.dtype, mode="r").reshape(-1, self.seq_len)
-        return self._maps[shard]
+    def _local(self, shard: int, offset: int) -> np.ndarray:
+        if shard not in self._fds:
+            self._fds[shard] = os.open(storage.join(self.split.uri, self.split.shards[shard].file), os.O_RDONLY)
+        data = os.pread(self._fds[shard], self.block_bytes, offset * self.block_bytes)
+        if len(data) != self.block_bytes:
+            raise OSError(f"{self.split.shards[shard].file}: block {offset} is cut short (file truncated?)")
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def _remote(self, shard: int, offset: int) -> np.ndarray:
         if self._fs is None:
             self._fs, _ = storage.filesystem(self.split.uri)
         _, path = storage.filesystem(storage.join(self.split.uri, self.split.shards[shard].file))
-        size = self.seq_len * self.dtype.itemsize
+        size = self.block_bytes
         data = self._fs.cat_file(path, start=offset * size, end=(offset + 1) * size)
         return np.frombuffer(data, dtype=self.dtype)
 
@@ -64,7 +82,7 @@ class BlockReader:
         shard, offset = self._locate(arr)
         out = np.empty((len(arr), self.seq_len), dtype=self.dtype)
         for row, (s, o) in enumerate(zip(shard.tolist(), offset.tolist())):
-            out[row] = self._remote(s, o) if self.remote else self._local(s)[o]
+            out[row] = self._remote(s, o) if self.remote else self._local(s, o)
         return out
 
     def read(self, ids: Sequence[int], next_ids: Sequence[int] | None = None) -> np.ndarray:

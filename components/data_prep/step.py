@@ -26,7 +26,6 @@ from components.common import storage
 from components.common.config import Config
 from components.common.errors import DataError
 from components.common.stage import StageContext, stage_context
-from components.common.tracking import DatasetRef
 from components.data_prep.chat_loaders import load_instruction_sources
 from components.data_prep.corpus import _stream_seed, generate_corpus
 from components.data_prep.demonstrations import flaw_demonstrations
