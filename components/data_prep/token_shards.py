@@ -332,9 +332,13 @@ def _guarded(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> Callable[[dict[s
 
 
 def run_units(fn: Callable[[dict[str, Any]], dict[str, Any]], tasks: list[dict[str, Any]], workers: int,
-              use_ray: bool) -> list[dict[str, Any]]:
+              use_ray: bool, consume: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None
+              ) -> list[dict[str, Any]]:
     """``fn`` over every task, on Ray Data with ``workers`` concurrent one-CPU tasks (or in this
-    process); results in task order. The first failing unit (in order) raises its DataError."""
+    process); results in task order. Results are taken as they stream in (``iter_rows``) and
+    each goes through ``consume`` first, which may fold a big part of it (the sample) into a
+    bounded accumulator and return the rest: the driver never holds every unit's full result.
+    The first failing unit (in order) raises its DataError."""
     rows = [{"task": json.dumps(t)} for t in tasks]
     if use_ray and len(rows) > 1:
         import ray.data
@@ -343,14 +347,21 @@ def run_units(fn: Callable[[dict[str, Any]], dict[str, Any]], tasks: list[dict[s
         ctx.enable_progress_bars = False
         ctx.verbose_stats_logs = False
         ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        out = ds.map(_guarded(fn), num_cpus=1, concurrency=max(1, min(workers, len(rows)))).take_all()
+        stream = ds.map(_guarded(fn), num_cpus=1, concurrency=max(1, min(workers, len(rows)))).iter_rows()
     else:
-        out = [_guarded(fn)(r) for r in rows]
-    out.sort(key=lambda r: r["index"])
-    for r in out:
-        if r["error"]:
-            raise DataError(r["error"])
-    return [json.loads(r["result"]) for r in out]
+        stream = (_guarded(fn)(r) for r in rows)
+    results: dict[int, dict[str, Any]] = {}
+    errors: dict[int, str] = {}
+    for row in stream:
+        index = int(row["index"])
+        if row["error"]:
+            errors[index] = row["error"]
+            continue
+        result = json.loads(row["result"])
+        results[index] = consume(index, result) if consume else result
+    if errors:
+        raise DataError(errors[min(errors)])
+    return [results[i] for i in range(len(tasks))]
 
 
 @dataclass
@@ -365,11 +376,19 @@ def scan(units: list[Unit], work: str, seed: int, sample_docs: int, fraction: fl
     """Pass 1 for every unit: (per-unit results, the tokenizer sample in corpus order)."""
     tasks = [{"unit": u.to_json(), "index": i, "work": work, "seed": seed, "sample_docs": sample_docs,
               "heldout_fraction": fraction} for i, u in enumerate(units)]
-    results = run_units(scan_unit, tasks, workers, use_ray)
-    merged = heapq.nsmallest(
-        sample_docs, ((int(key), unit, i, text) for unit, r in enumerate(results) for key, i, text in r["sample"])
-    )
-    merged.sort(key=lambda e: (e[1], e[2]))  # corpus order: the tokenizer sees text as written
+    heap: list[tuple[int, int, int, str]] = []  # (-key, unit, doc, text): the k smallest keys so far
+
+    def fold_sample(unit: int, result: dict[str, Any]) -> dict[str, Any]:
+        for key, i, text in result.pop("sample"):
+            entry = (-int(key), unit, i, text)
+            if len(heap) < sample_docs:
+                heapq.heappush(heap, entry)
+            elif entry > heap[0]:
+                heapq.heapreplace(heap, entry)
+        return result
+
+    results = run_units(scan_unit, tasks, workers, use_ray, fold_sample)
+    merged = sorted(heap, key=lambda e: (e[1], e[2]))  # corpus order: the tokenizer sees text as written
     return results, [text for _, _, _, text in merged]
 
 
