@@ -120,3 +120,18 @@ def test_killed_run_consumes_exactly_the_blocks_of_an_uninterrupted_one(make_con
     assert len(whole) == 60 * cfg.ray.num_workers and whole == resumed
     consumed = [i for step in range(60) for rank in range(cfg.ray.num_workers) for i in whole[(rank, step)]]
     assert sorted(consumed[:num_blocks]) == list(range(num_blocks))  # the first epoch: each block once
+
+
+def test_sft_replay_takes_whole_documents_from_sampled_blocks(tmp_path: Path):
+    from components.sft.train_loop import replay_sample
+
+    eos, seq = 2, 8
+    blocks = np.array([[5, 6, eos, 7, 8, 9, eos, 10], [11, 12, 13, 14, 15, 16, 17, 18]], dtype=np.uint16)
+    (tmp_path / "t.bin").write_bytes(blocks.tobytes())
+    split = {"format": "flat-tokens-v1", "uri": str(tmp_path), "seq_len": seq, "dtype": "uint16",
+             "shards": [{"file": "t.bin", "num_blocks": 2, "sha256": ""}], "num_blocks": 2, "num_tokens": 16, "digest": ""}
+    docs = replay_sample(split, 40, seed=1, eos=eos)
+    assert len(docs) == 40 and replay_sample(split, 40, seed=1, eos=eos) == docs
+    # the document between the first two EOS of block 0, or block 1 whole (one document fills it)
+    assert {tuple(d) for d in docs} == {(7, 8, 9, eos), tuple(range(11, 19))}
+    assert replay_sample(split, 0, seed=1, eos=eos) == []
