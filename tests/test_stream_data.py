@@ -60,8 +60,9 @@ def test_shards_identical_with_one_or_two_data_workers(make_config, local_ray, t
     corpus = _corpus(tmp_path / "c")
     out = {}
     for workers in (1, 2):
-        cfg = _cfg(make_config, corpus, f"data.workers={workers}", "model.max_seq_len=32")
+        cfg = _cfg(make_config, corpus, f"data.workers={workers}", "model.max_seq_len=32", "data.ray_min_mb=0")
         manifest = run_data_prep(cfg, f"w{workers}")
+        assert manifest["corpus"]["ray_data"] is (workers == 2)
         files = {}
         for split in ("train", "heldout"):
             info = manifest["pretrain"][split]
@@ -173,6 +174,6 @@ def test_corpus_without_documents_and_glob_without_files(make_config, tmp_path):
 def test_bad_unit_on_ray_data_workers_is_named_too(make_config, local_ray, tmp_path):
     folder = _bad(tmp_path, "x.txt", b"ok\n\xff\n")
     (folder / "more.jsonl").write_text(json.dumps({"text": "x y z"}) + "\n")
-    cfg = _cfg(make_config, folder, "data.workers=2")
+    cfg = _cfg(make_config, folder, "data.workers=2", "data.ray_min_mb=0")
     with pytest.raises(DataError, match=r"x\.txt:2: not valid UTF-8"):
         run_data_prep(cfg, "bad")

@@ -217,8 +217,31 @@ def _chat_text(example: Example) -> str:
     return "\n".join(m["content"] for m in example.messages)
 
 
+def _corpus_mb(units: list[Unit]) -> float:
+    """The corpus' size on storage (an HF dataset counts as large: it streams from the hub)."""
+    total = 0
+    for uri in dict.fromkeys(u.uri for u in units):
+        if not uri:
+            return float("inf")
+        fs, path = storage.filesystem(uri)
+        total += fs.size(path) or 0
+    return total / 1e6
+
+
 def prepare(ctx: StageContext) -> dict[str, Any]:
-    """Do the work of data_prep into ``<run>/data``; returns the manifest."""
+    """Do the work of data_prep into ``<run>/data``; returns the manifest. A Ray this stage
+    started for Ray Data is shut down again (the pipeline's own Ray is only joined)."""
+    ctx_started_ray: list[bool] = []
+    try:
+        return _prepare(ctx, ctx_started_ray)
+    finally:
+        if ctx_started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
     cfg = ctx.cfg
     out = data_uri(ctx.run_uri)
     started = time.perf_counter()
@@ -252,11 +275,15 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         log.info("instructions: %d of %d train examples are worked problems", num_sft_problems, len(sft_train))
 
     dc = cfg.data
-    use_ray = dc.workers > 1
-    if use_ray and len(units) > 1:
+    use_ray = dc.workers > 1 and len(units) > 1 and _corpus_mb(units) >= dc.ray_min_mb
+    if use_ray:
+        import ray
+
         from components.common.ray_launch import ensure_ray
 
-        ensure_ray(cfg)
+        if not ray.is_initialized():
+            ensure_ray(cfg)  # the pipeline's Ray (RAY_ADDRESS), or a local one for this stage
+            ctx_started_ray.append(True)
     work = storage.join(out, "work")
     scans, sample = scan(units, work, cfg.seed, dc.tokenizer_sample_docs, dc.heldout_fraction, dc.workers, use_ray)
     if not sum(r["docs"] for r in scans):
@@ -324,6 +351,7 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
             "sample_uri": storage.join(out, "corpus", "sample.jsonl"),
             "sample_documents": len(sample),
             "data_workers": dc.workers,
+            "ray_data": use_ray,
             "driver_peak_rss_mb": round(peak_rss_mb(), 1),
         },
         "sft": {"source": sft_source, "num_problem_examples": num_sft_problems, "flawed_demonstrations": flaws, **sft},

@@ -112,6 +112,11 @@ class DataConfig(Strict):
         description="Data workers: Ray Data tasks (one CPU each) that scan and tokenize corpus units at "
         "once; 1 runs them in the stage's own process, without Ray.",
     )
+    ray_min_mb: float = Field(
+        default=64, ge=0,
+        description="Corpora smaller than this many MB (on storage) are tokenized in the stage's own "
+        "process: Ray Data's start-up would cost more than it saves. 0 = always on Ray Data.",
+    )
     tokenizer_sample_docs: int = Field(
         default=20000, ge=1, le=10_000_000,
         description="Training documents the tokenizer learns from: a seeded sample of the corpus "
