@@ -72,17 +72,17 @@ def prep(corpus: str, out: str, workers: int) -> dict:
     from components.data_prep.tokenizer import train_tokenizer
 
     cfg = load_config("tiny", [])
-    if workers > 1:
-        ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    # 1 worker runs on Ray Data too (concurrency 1), so the two counts differ only in workers
+    ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
     units = plan_units([DataSource(uri=corpus)])
     started = time.perf_counter()
-    scans, sample = scan(units, f"{out}/work", 0, cfg.data.tokenizer_sample_docs, 0.01, workers, workers > 1)
+    scans, sample = scan(units, f"{out}/work", 0, cfg.data.tokenizer_sample_docs, 0.01, workers, True)
     scan_s = time.perf_counter() - started
     tokenizer = train_tokenizer(sample, cfg.data.vocab_size, cfg.data.tokenizer_min_frequency)
     t0 = time.perf_counter()
     packed = pack(units, f"{out}/work", f"{out}/pretrain", scans, tokenizer.backend_tokenizer.to_str(),
                   tokenizer.eos_token_id, len(tokenizer), cfg.model.max_seq_len, cfg.data.shard_blocks, 0.01,
-                  workers, workers > 1)
+                  workers, True)
     pack_s = time.perf_counter() - t0
     tokens = packed.train.num_tokens + packed.heldout.num_tokens
     manifest = {"pretrain": {"train": packed.train.to_json()}}

@@ -4,7 +4,8 @@ The work is a Ray Data ``map`` over *units* (a file, or a range of a Parquet fil
 see ``sources.py``), in three passes:
 
 1. **scan** (per unit, in parallel): stream the documents, hash each one (64-bit BLAKE2b of
-   its text) into ``work/scan/unit-N.npy`` and keep the unit's share of the tokenizer sample:
+   its text) into ``work/scan/unit-N.npy`` and write the unit's share of the tokenizer sample
+   (``unit-N.sample.jsonl``, which the driver folds into one bounded heap line by line):
    the ``k`` training documents whose seeded hash is smallest ("bottom-k"), so the sample is
    the same whatever the number of workers or the order units finish in, and bounded by ``k``.
 2. **dedup** (driver): a document whose hash was seen earlier in corpus order (unit, then line)
@@ -132,7 +133,7 @@ def _fingerprint(*parts: Any) -> str:
 
 def scan_unit(task: dict[str, Any]) -> dict[str, Any]:
     unit, index, work = Unit.from_json(task["unit"]), task["index"], task["work"]
-    fp = _fingerprint("scan", task["unit"], _version(unit), task["seed"], task["sample_docs"], task["heldout_fraction"])
+    fp = _fingerprint("scan-v2", task["unit"], _version(unit), task["seed"], task["sample_docs"], task["heldout_fraction"])
     cached = _done(work, "scan", index, fp)
     if cached is not None:
         return cached
@@ -153,11 +154,18 @@ def scan_unit(task: dict[str, Any]) -> dict[str, Any]:
                 heapq.heapreplace(heap, (-key, i, text[:SAMPLE_DOC_CHARS]))
     with _writing(storage.join(work, "scan", f"unit-{index:05d}.npy")) as fh:
         np.save(fh, np.asarray(hashes, dtype=np.uint64), allow_pickle=False)
-    sample = sorted(((-nk, i, t) for nk, i, t in heap))
-    result = {"docs": len(hashes), "chars": chars, "sample": [[str(key), i, t] for key, i, t in sample],
-              "peak_rss_mb": peak_rss_mb()}
+    # The unit's share of the sample goes to a file, not back through Ray: the driver folds the
+    # files into one bounded heap one line at a time.
+    with _writing(_sample_uri(work, index)) as fh:
+        for nk, i, t in sorted(heap, reverse=True):
+            fh.write((json.dumps([str(-nk), i, t]) + "\n").encode("utf-8"))
+    result = {"docs": len(hashes), "chars": chars, "peak_rss_mb": peak_rss_mb()}
     _finish(work, "scan", index, fp, result)
     return result
+
+
+def _sample_uri(work: str, index: int) -> str:
+    return storage.join(work, "scan", f"unit-{index:05d}.sample.jsonl")
 
 
 # ---- pass 2: dedup --------------------------------------------------------------------------
@@ -378,16 +386,18 @@ def scan(units: list[Unit], work: str, seed: int, sample_docs: int, fraction: fl
               "heldout_fraction": fraction} for i, u in enumerate(units)]
     heap: list[tuple[int, int, int, str]] = []  # (-key, unit, doc, text): the k smallest keys so far
 
-    def fold_sample(unit: int, result: dict[str, Any]) -> dict[str, Any]:
-        for key, i, text in result.pop("sample"):
-            entry = (-int(key), unit, i, text)
-            if len(heap) < sample_docs:
-                heapq.heappush(heap, entry)
-            elif entry > heap[0]:
-                heapq.heapreplace(heap, entry)
-        return result
-
-    results = run_units(scan_unit, tasks, workers, use_ray, fold_sample)
+    results = run_units(scan_unit, tasks, workers, use_ray)
+    for unit in range(len(units)):
+        with storage.open_uri(_sample_uri(work, unit), "rb") as fh:
+            for line in fh:
+                key, i, text = json.loads(line)
+                entry = (-int(key), unit, i, text)
+                if len(heap) < sample_docs:
+                    heapq.heappush(heap, entry)
+                elif entry > heap[0]:
+                    heapq.heapreplace(heap, entry)
+                else:
+                    break  # the file is in increasing key order: the rest are larger still
     merged = sorted(heap, key=lambda e: (e[1], e[2]))  # corpus order: the tokenizer sees text as written
     return results, [text for _, _, _, text in merged]
 
