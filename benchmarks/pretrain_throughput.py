@@ -47,7 +47,7 @@ import torch  # noqa: E402
 from components.common import storage  # noqa: E402
 from components.common.config import Config, load_config  # noqa: E402
 from components.common.modeling import count_parameters, load_tokenizer, random_init_model  # noqa: E402
-from components.data_prep.shards import read_shards  # noqa: E402
+from components.data_prep.shards import read_split  # noqa: E402
 from components.pretrain.train_loop import BlockSampler, build_optimizer, lr_lambda  # noqa: E402
 
 WARMUP_STEPS = 2  # the same number of untimed steps as train_loop_per_worker skips
@@ -119,8 +119,7 @@ def bare_loop(cfg: Config, manifest: dict, threads: int, save_dir: Path) -> Loop
         tokenizer = load_tokenizer(tok_dir)
     model = random_init_model(cfg.model, tokenizer, cfg.seed)
     model.config.use_cache = False
-    train_info = manifest["pretrain"]["train"]
-    blocks = torch.from_numpy(read_shards(train_info["uri"], train_info["files"]).astype(np.int64))
+    blocks = torch.from_numpy(read_split(manifest, "train").astype(np.int64))
     sampler = BlockSampler(len(blocks), cfg.seed, 0, 1, pc.micro_batch_size * world, pc.grad_accum)
     optimizer = build_optimizer(model, pc.lr, pc.weight_decay)  # torch.optim.AdamW, same groups
     scheduler = torch.optim.lr_scheduler.LambdaLR(

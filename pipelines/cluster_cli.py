@@ -31,7 +31,7 @@ from components.common.config import Config, load_config
 
 # What ``--from-champion`` adds to the ``overrides`` parameter: data_prep resolves the
 # registry's champion when each scheduled run starts (not now), takes its tokenizer, and
-# pre-training continues from its weights (components/pretrain/start.py). A preset can say the
+# pre-training continues from its weights (components/common/start.py). A preset can say the
 # same with ``pretrain.init_from: champion``.
 FROM_CHAMPION_OVERRIDE = "pretrain.init_from=champion"
 

@@ -12,7 +12,7 @@ from components.common.errors import DataError
 from components.common.modeling import load_tokenizer
 from components.common.tracking import Tracker
 from components.data_prep.problems import from_record
-from components.data_prep.shards import read_shards
+from components.data_prep.shards import read_split
 from components.data_prep.step import dataset_refs, load_manifest, run_data_prep
 
 
@@ -21,7 +21,7 @@ def test_generated_corpus_prepares_tokenizer_and_shards(make_config):
     manifest = run_data_prep(cfg, "r1")
     data = manifest["data_uri"]
     assert storage.is_complete(data)
-    train = read_shards(manifest["pretrain"]["train"]["uri"], manifest["pretrain"]["train"]["files"])
+    train = read_split(manifest, "train")
     assert train.shape[1] == cfg.model.max_seq_len and train.shape[0] > 10
     tok = load_tokenizer(manifest["tokenizer_uri"])
     assert tok.eos_token == "<|eos|>" and tok.pad_token_id is not None

@@ -129,14 +129,19 @@ def is_inside(uri: str, base: str) -> bool:
     return inner_path != outer_path and outer_path in inner_path.parents
 
 
-def remove(uri: str, inside: str | None = None) -> None:
-    """Delete a file or folder tree. Refused (``StorageError``) for a URI with a ``..`` segment,
-    and, with ``inside``, for anything that is not strictly below that folder: a clean-up
-    never reaches outside the run that asked for it."""
+def check_deletable(uri: str, inside: str | None = None) -> None:
+    """Refuse (``StorageError``) to delete under a URI with a ``..`` segment, or, with
+    ``inside``, under anything not strictly below that folder: a clean-up never reaches outside
+    the run that asked for it. Every deleting helper calls this first."""
     if ".." in _segments(uri):
         raise StorageError(f"refusing to delete {uri}: it contains a '..' segment")
     if inside is not None and not is_inside(uri, inside):
         raise StorageError(f"refusing to delete {uri}: it is not inside {inside}")
+
+
+def remove(uri: str, inside: str | None = None) -> None:
+    """Delete a file or folder tree, after ``check_deletable``."""
+    check_deletable(uri, inside)
     fs, path = filesystem(uri)
     if fs.exists(path):
         fs.rm(path, recursive=True)

@@ -262,10 +262,13 @@ def load_each_source(uris: list[str], load_file: Callable[[str], list[T]], what:
 
 
 def check_sources(sources: list[Any]) -> None:
-    """Fail fast, before any stage starts, if a configured file/folder/glob is not there."""
+    """Fail fast, before any stage starts, if a configured corpus file/folder/glob is not there
+    (corpus folders may hold Parquet and compressed files: ``sources.resolve_files``)."""
+    from components.data_prep.sources import resolve_files
+
     for source in sources:
         if getattr(source, "uri", None):
-            _resolve_files(source.uri)
+            resolve_files(source.uri)
 
 
 def load_corpus(

@@ -4,8 +4,12 @@ Reads the user's corpora (or generates the embedded world), trains the byte-leve
 tokenizer, packs train and held-out splits into shards, writes the instruction, preference and
 RLVR problem splits (a share of the worked training problems joins the SFT set), and logs each
 dataset to MLflow as an input of this stage with its digest. Everything lands in
-``<run>/data`` and is marked complete last, so a re-run of a finished data_prep skips the work
-and an interrupted one starts over.
+``<run>/data`` and is marked complete last, so a re-run of a finished data_prep skips the work.
+
+The pre-training corpus streams (``sources.py`` reads it, ``token_shards.py`` tokenizes and
+packs it on Ray Data into flat token shards); an interrupted data_prep re-run redoes only the
+corpus units that were not finished. The generated world is written out as JSONL first and
+goes down the same path.
 """
 
 from __future__ import annotations
@@ -22,46 +26,35 @@ from components.common import storage
 from components.common.config import Config
 from components.common.errors import DataError
 from components.common.stage import StageContext, stage_context
-from components.common.tracking import DatasetRef
 from components.data_prep.chat_loaders import load_instruction_sources
 from components.data_prep.corpus import _stream_seed, generate_corpus
 from components.data_prep.demonstrations import flaw_demonstrations
 from components.data_prep.instructions import REPLY_FORMATS, Example, generate_instructions, to_record
-from components.data_prep.loaders import load_corpus
+from components.data_prep.manifest import DATASET_KINDS, MANIFEST, data_uri, dataset_refs, load_manifest  # noqa: F401
 from components.data_prep.preferences import PreferencePair, generate_preferences
 from components.data_prep.preferences import to_record as pair_record
 from components.data_prep.problems import Problem, generate_problems, to_sft_examples
 from components.data_prep.problems import to_record as problem_record
-from components.data_prep.shards import pack_documents, write_shards
+from components.data_prep.sources import Unit, plan_units
+from components.data_prep.token_shards import pack, peak_rss_mb, scan
 from components.data_prep.tokenizer import train_tokenizer
 from components.data_prep.world import World, build_world
 from components.common.start import resolve_start
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-# The datasets a manifest lists, each with a train and a held-out split.
-DATASET_KINDS = ("pretrain", "sft", "preference", "rlvr")
+# Kept across attempts of one run: finished corpus units are not redone.
+RESUMABLE = ("work", "pretrain")
 
 
-def data_uri(run_uri: str) -> str:
-    return storage.join(run_uri, "data")
+def _corpus_units(cfg: Config, out: str) -> tuple[list[Unit], dict[str, Any] | None, str]:
+    """(units to tokenize, world as dict or None, a description of the source).
 
-
-def _text_digest(docs: list[str]) -> str:
-    digest = hashlib.sha256()
-    for doc in docs:
-        digest.update(doc.encode("utf-8"))
-        digest.update(b"\x00")
-    return digest.hexdigest()
-
-
-def _corpus(cfg: Config) -> tuple[list[str], list[str], dict[str, Any] | None, str]:
-    """(train docs, held-out docs, world as dict or None, a description of the source)."""
+    The generated world is written to ``corpus/generated-{train,heldout}.jsonl`` (two units
+    with a fixed split); user sources are planned into units that split by document hash."""
     if cfg.data.sources:
-        train, heldout = load_corpus(cfg.data.sources, cfg.data.heldout_fraction, cfg.seed)
         described = ", ".join(s.uri or f"hf:{s.hf_dataset}" for s in cfg.data.sources)
-        return train, heldout, None, described
+        return plan_units(cfg.data.sources), None, described
     gen = cfg.data.generated
     world, train, heldout = generate_corpus(
         seed=cfg.seed,
@@ -69,7 +62,35 @@ def _corpus(cfg: Config) -> tuple[list[str], list[str], dict[str, Any] | None, s
         num_train_docs=gen.num_train_docs,
         num_heldout_docs=gen.num_heldout_docs,
     )
-    return train, heldout, world.to_dict(), f"generated world (seed {cfg.seed})"
+    units = []
+    for split, docs in (("train", train), ("heldout", heldout)):
+        uri = storage.join(out, "corpus", f"generated-{split}.jsonl")
+        _write_jsonl(uri, [{"text": d} for d in docs])
+        units.append(Unit(uri, "jsonl", None, "text", uri, split=split))
+    return units, world.to_dict(), f"generated world (seed {cfg.seed})"
+
+
+def _clear_attempt(out: str, inside: str) -> None:
+    """Remove what an unfinished attempt wrote, except the corpus work it can reuse; never
+    anything outside the run folder ``inside``."""
+    storage.check_deletable(out, inside)
+    if not storage.exists(out):
+        return
+    fs, path = storage.filesystem(out)
+    for entry in fs.ls(path, detail=False):
+        if entry.rstrip("/").rsplit("/", 1)[-1] not in RESUMABLE:
+            fs.rm(entry, recursive=True)
+
+
+def _prune_shards(shard_dir: str, listed: set[str], inside: str) -> None:
+    """Shard files of an earlier attempt that this manifest does not list (other settings)."""
+    storage.check_deletable(shard_dir, inside)
+    if not storage.exists(shard_dir):
+        return
+    fs, path = storage.filesystem(shard_dir)
+    for entry in fs.ls(path, detail=False):
+        if entry.rstrip("/").rsplit("/", 1)[-1] not in listed:
+            fs.rm(entry, recursive=True)
 
 
 def _write_jsonl(uri: str, records: list[dict[str, Any]]) -> str:
@@ -199,18 +220,38 @@ def _chat_text(example: Example) -> str:
     return "\n".join(m["content"] for m in example.messages)
 
 
+def _corpus_mb(units: list[Unit]) -> float:
+    """The corpus' size on storage (an HF dataset counts as large: it streams from the hub)."""
+    total = 0
+    for uri in dict.fromkeys(u.uri for u in units):
+        if not uri:
+            return float("inf")
+        fs, path = storage.filesystem(uri)
+        total += fs.size(path) or 0
+    return total / 1e6
+
+
 def prepare(ctx: StageContext) -> dict[str, Any]:
-    """Do the work of data_prep into ``<run>/data``; returns the manifest."""
+    """Do the work of data_prep into ``<run>/data``; returns the manifest. A Ray this stage
+    started for Ray Data is shut down again (the pipeline's own Ray is only joined)."""
+    ctx_started_ray: list[bool] = []
+    try:
+        return _prepare(ctx, ctx_started_ray)
+    finally:
+        if ctx_started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
     cfg = ctx.cfg
     out = data_uri(ctx.run_uri)
     started = time.perf_counter()
     start = resolve_start(cfg, ctx.tracker.client)  # first: a bad init_from fails before any work
-    train_docs, heldout_docs, world, source = _corpus(cfg)
-    if not train_docs:
-        raise DataError(f"the training split is empty ({source})")
-    if not heldout_docs:
-        raise DataError(f"the held-out split is empty ({source})")
-    log.info("corpus: %d train / %d held-out documents from %s", len(train_docs), len(heldout_docs), source)
+    _clear_attempt(out, ctx.run_uri)  # a folder without the marker is an unfinished attempt
+    units, world, source = _corpus_units(cfg, out)
+    log.info("corpus: %d units from %s", len(units), source)
 
     task_world = _task_world(cfg, world)
     rlvr_train, rlvr_heldout, rlvr_source = _problems(cfg, task_world)
@@ -236,36 +277,47 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         sft_train = _mix_problems(sft_train, worked, cfg.seed)
         log.info("instructions: %d of %d train examples are worked problems", num_sft_problems, len(sft_train))
 
-    storage.remove(out, inside=ctx.run_uri)  # a folder without the marker is a crashed attempt: start clean
+    dc = cfg.data
+    use_ray = dc.workers > 1 and len(units) > 1 and _corpus_mb(units) >= dc.ray_min_mb
+    if use_ray:
+        import ray
+
+        from components.common.ray_launch import ensure_ray
+
+        if not ray.is_initialized():
+            ensure_ray(cfg)  # the pipeline's Ray (RAY_ADDRESS), or a local one for this stage
+            ctx_started_ray.append(True)
+    work = storage.join(out, "work")
+    scans, sample = scan(units, work, cfg.seed, dc.tokenizer_sample_docs, dc.heldout_fraction, dc.workers, use_ray)
+    if not sum(r["docs"] for r in scans):
+        raise DataError(f"the corpus has no documents ({source})")
     if start.is_random:
-        # The vocabulary comes from the corpus and the ideal replies: a thousand copies of "I hope
-        # that this helps." would otherwise buy their own merges and re-cut the corpus around them.
+        # The vocabulary comes from a bounded seeded sample of the corpus and the ideal replies:
+        # a thousand copies of "I hope that this helps." would otherwise buy their own merges.
         ideal_sft = ideal_train + worked
-        tokenizer = train_tokenizer(
-            train_docs + [_chat_text(e) for e in ideal_sft], cfg.data.vocab_size, cfg.data.tokenizer_min_frequency
-        )
+        tokenizer = train_tokenizer(sample + [_chat_text(e) for e in ideal_sft], dc.vocab_size,
+                                    dc.tokenizer_min_frequency)
     else:  # the starting weights' own vocabulary: a new tokenizer would renumber it
         tokenizer = _checkpoint_tokenizer(start.uri)
         log.info("tokenizer: taken from %s", start.reason)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer.save_pretrained(tmp)
         storage.upload_dir(tmp, storage.join(out, "tokenizer"))
-    log.info("tokenizer: %d tokens", len(tokenizer))
+    log.info("tokenizer: %d tokens (trained on a sample of %d documents)", len(tokenizer), len(sample))
+    # The sample stands in for the corpus where a stage wants text (evaluation's copy check).
+    _write_jsonl(storage.join(out, "corpus", "sample.jsonl"), [{"text": d} for d in sample])
 
     seq_len = cfg.model.max_seq_len
     shard_dir = storage.join(out, "pretrain")
-    splits = {}
-    for split, docs in (("train", train_docs), ("heldout", heldout_docs)):
-        blocks = pack_documents(docs, tokenizer, seq_len)
-        if blocks.shape[0] == 0:
-            raise DataError(
-                f"the {split} split of {source} is shorter than one block of {seq_len} tokens"
-            )
-        splits[split] = write_shards(blocks, shard_dir, split, cfg.data.shard_blocks)
-        log.info("%s: %d blocks of %d tokens", split, blocks.shape[0], seq_len)
+    packed = pack(units, work, shard_dir, scans, tokenizer.backend_tokenizer.to_str(), tokenizer.eos_token_id,
+                  len(tokenizer), seq_len, dc.shard_blocks, dc.heldout_fraction, dc.workers, use_ray)
+    for split, tokens in (("train", packed.train), ("heldout", packed.heldout)):
+        if tokens.num_blocks == 0:
+            raise DataError(f"the {split} split of {source} is shorter than one block of {seq_len} tokens")
+        log.info("%s: %d blocks of %d tokens in %d shards", split, tokens.num_blocks, seq_len, len(tokens.shards))
+    log.info("corpus: %d documents, %d exact duplicates dropped; packing ran at %.0f tokens/s",
+             packed.stats["documents"], packed.stats["duplicates_dropped"], packed.stats["tokens_per_s"])
 
-    _write_jsonl(storage.join(out, "corpus", "train.jsonl"), [{"text": d} for d in train_docs])
-    _write_jsonl(storage.join(out, "corpus", "heldout.jsonl"), [{"text": d} for d in heldout_docs])
     sft = {}
     for split, examples in (("train", sft_train), ("heldout", sft_heldout)):
         uri = storage.join(out, "sft", f"{split}.jsonl")
@@ -293,15 +345,17 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         "vocab_size": len(tokenizer),
         "seq_len": seq_len,
         "pretrain": {
-            split: {
-                "uri": shard_dir,
-                "files": s.files,
-                "num_blocks": s.num_blocks,
-                "num_tokens": s.num_tokens,
-                "digest": s.digest,
-                "text_digest": _text_digest(train_docs if split == "train" else heldout_docs),
-            }
-            for split, s in splits.items()
+            split: {**tokens.to_json(), "text_digest": packed.stats["text_digest"][split],
+                    "num_documents": packed.stats[f"{split}_documents"]}
+            for split, tokens in (("train", packed.train), ("heldout", packed.heldout))
+        },
+        "corpus": {
+            **{k: v for k, v in packed.stats.items() if k != "text_digest"},
+            "sample_uri": storage.join(out, "corpus", "sample.jsonl"),
+            "sample_documents": len(sample),
+            "data_workers": dc.workers,
+            "ray_data": use_ray,
+            "driver_peak_rss_mb": round(peak_rss_mb(), 1),
         },
         "sft": {"source": sft_source, "num_problem_examples": num_sft_problems, "flawed_demonstrations": flaws, **sft},
         "preference": {"source": pref_source, **preference},
@@ -309,41 +363,11 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         "start": start.to_json(),
         "seconds": round(time.perf_counter() - started, 2),
     }
+    _prune_shards(shard_dir, {s.file for t in (packed.train, packed.heldout) for s in t.shards}, ctx.run_uri)
+    storage.remove(work, inside=ctx.run_uri)
     storage.write_json(storage.join(out, MANIFEST), manifest)
     storage.mark_complete(out, {"stage": "data_prep"})
     return manifest
-
-
-def dataset_refs(manifest: dict[str, Any], kinds: tuple[str, ...] | None = None) -> list[DatasetRef]:
-    """The datasets a manifest describes (``pretrain-train``, ``sft-heldout``, ``rlvr-train``,
-    ...), as lineage records: train splits in the "training" context, held-out ones in
-    "evaluation".
-
-    ``kinds=None`` means every kind of ``DATASET_KINDS`` the manifest has (one written before
-    RLVR existed has no "rlvr"); a kind asked for by name must be there.
-    """
-    if kinds is None:
-        kinds = tuple(kind for kind in DATASET_KINDS if kind in manifest)
-    refs = []
-    for kind in kinds:
-        for split in ("train", "heldout", "instructions"):
-            if split == "instructions" and split not in manifest[kind]:
-                continue  # only rlvr has them (and manifests written before they existed do not)
-            info = manifest[kind][split]
-            refs.append(
-                DatasetRef(
-                    name=f"{kind}-{split}",
-                    uri=info["uri"],
-                    digest=info["digest"],
-                    context="evaluation" if split == "heldout" else "training",
-                )
-            )
-    return refs
-
-
-def load_manifest(data: str) -> dict[str, Any]:
-    storage.require_complete(data, "data_prep output")
-    return storage.read_json(storage.join(data, MANIFEST))
 
 
 def run_data_prep(cfg: Config, run_id: str) -> dict[str, Any]:
@@ -362,6 +386,9 @@ def run_data_prep(cfg: Config, run_id: str) -> dict[str, Any]:
                     "train_tokens": manifest["pretrain"]["train"]["num_tokens"],
                     "heldout_tokens": manifest["pretrain"]["heldout"]["num_tokens"],
                     "vocab_size": manifest["vocab_size"],
+                    "corpus_documents": manifest["corpus"]["documents"],
+                    "duplicates_dropped": manifest["corpus"]["duplicates_dropped"],
+                    "tokenize_tokens_per_s": manifest["corpus"]["tokens_per_s"],
                     "sft_train_examples": manifest["sft"]["train"]["num_examples"],
                     "rlvr_train_problems": manifest["rlvr"]["train"]["num_examples"],
                 },

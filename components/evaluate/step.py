@@ -28,8 +28,8 @@ from components.common.config import Config, EvaluateConfig
 from components.common.modeling import DTYPES, load_model, load_tokenizer
 from components.common.progress import emit_event
 from components.common.stage import stage_context
-from components.data_prep.shards import read_shards
-from components.data_prep.step import dataset_refs, load_manifest
+from components.data_prep.manifest import TokenSplit, dataset_refs, load_manifest
+from components.data_prep.shards import BlockReader
 from components.data_prep.instructions import Example, from_record
 from components.data_prep.preferences import PreferencePair
 from components.data_prep.preferences import from_record as pair_from_record
@@ -208,10 +208,11 @@ def run_evaluate(
     torch.manual_seed(cfg.seed)
     with stage_context(cfg, run_id, "evaluate") as ctx:
         manifest = load_manifest(data)
-        held = manifest["pretrain"]["heldout"]
         suites = Suites(
-            heldout=read_shards(held["uri"], held["files"])[: cfg.evaluate.max_eval_blocks],
-            bigrams=corpus_bigrams([r["text"] for r in storage.read_jsonl(storage.join(data, "corpus", "train.jsonl"))]),
+            # only the blocks the perplexity uses are read (range reads of the held-out shards)
+            heldout=BlockReader(TokenSplit.from_manifest(manifest, "heldout")).head(cfg.evaluate.max_eval_blocks),
+            # the copy check compares samples with the corpus' bounded tokenizer sample
+            bigrams=corpus_bigrams([r["text"] for r in storage.read_jsonl(manifest["corpus"]["sample_uri"])]),
             instructions=[from_record(r) for r in storage.read_jsonl(manifest["sft"]["heldout"]["uri"])][
                 : cfg.evaluate.max_instruction_examples
             ],

@@ -80,7 +80,7 @@ def load_prompts(uri: str) -> list[Prompt]:
 def heldout_prompts_uri(storage_root: str, run_id: str) -> str:
     """Where data_prep wrote a run's held-out preference pairs (their prompts are the ones
     the reward model is evaluated on)."""
-    from components.data_prep.step import MANIFEST, data_uri
+    from components.data_prep.manifest import MANIFEST, data_uri
 
     data = data_uri(storage.join(storage.normalize(storage_root), run_id))
     manifest = storage.join(data, MANIFEST)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from typing import Any
 
@@ -22,8 +23,8 @@ from components.common.modeling import count_parameters, load_tokenizer, random_
 from components.common.stage import StageContext, stage_context
 from components.common.training_stage import TrainingJob, checkpoint_uri, run_training_job
 from components.common.tracking import DatasetRef
-from components.data_prep.step import dataset_refs, load_manifest
 from components.common.start import StartPoint
+from components.data_prep.manifest import dataset_refs, load_manifest
 from components.pretrain.train_loop import train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -81,8 +82,9 @@ def run_pretrain(cfg: Config, run_id: str, data: str) -> dict[str, Any]:
             train_fn=train_loop_per_worker,
             loop_config={
                 "cfg": cfg.to_json(),
-                "shard_uri": manifest["pretrain"]["train"]["uri"],
-                "train_files": manifest["pretrain"]["train"]["files"],
+                "train_split": manifest["pretrain"]["train"],
+                # tests only: a folder where each rank logs the block ids it reads
+                "consumed_log": os.environ.get("FROMSCRATCH_CONSUMED_LOG"),
                 "init_uri": init["uri"],
             },
             parent_model_id=init["model_id"],

@@ -1,8 +1,11 @@
 """The pre-training loop that runs inside each Ray Train worker, under DeepSpeed.
 
-Next-token prediction on packed blocks. Each step every worker takes its own slice of a
-seeded permutation of the blocks, so the data order depends only on (seed, step): a worker
-group restarted from a checkpoint continues exactly where the lost one stopped. Checkpoints
+Next-token prediction on packed blocks, streamed: each micro-step every worker reads only its
+own slice of the global batch from the token shards (memory-mapped locally, range-read from
+S3), in a seeded per-epoch permutation computed on the fly. The data position (the next global
+sample position) and a digest of the block ids consumed so far are part of the checkpoint, so a
+worker group restarted from it continues exactly where the lost one stopped: no block skipped
+or seen twice, across epoch boundaries and whatever the new number of workers. Checkpoints
 are DeepSpeed checkpoints (model, optimizer and scheduler state, the step) reported to Ray
 Train; world rank 0 alone logs metrics to MLflow and writes the final Hugging Face folder.
 """
@@ -30,29 +33,57 @@ log = logging.getLogger("fromscratch.pretrain")
 
 
 class BlockSampler:
-    """Deterministic global batches: sample positions map onto per-epoch permutations."""
+    """Which blocks each worker reads: global sample positions mapped through ``BlockOrder``.
 
-    def __init__(self, num_blocks: int, seed: int, rank: int, world: int, micro_batch: int, grad_accum: int):
+    A global batch covers positions ``[position, position + world * micro_batch * grad_accum)``;
+    micro-step ``m`` of rank ``r`` takes ``micro_batch`` consecutive positions starting at
+    ``position + (m * world + r) * micro_batch``. ``position`` is the only state: it goes into
+    the checkpoint, so a restarted group (of any size) resumes at the first sample not trained.
+    """
+
+    def __init__(self, num_blocks: int, seed: int, rank: int, world: int, micro_batch: int, grad_accum: int,
+                 position: int = 0):
+        from components.data_prep.shards import BlockOrder
+
+        self.order = BlockOrder(num_blocks, seed)
         self.num_blocks = num_blocks
-        self.seed = seed
-        self.rank = rank
-        self.world = world
-        self.micro_batch = micro_batch
-        self.grad_accum = grad_accum
-        self._perms: dict[int, np.ndarray] = {}
+        self.rank, self.world = rank, world
+        self.micro_batch, self.grad_accum = micro_batch, grad_accum
+        self.position = position
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        if epoch not in self._perms:
-            self._perms = {epoch: np.random.default_rng(self.seed + epoch).permutation(self.num_blocks)}
-        return self._perms[epoch]
+    @property
+    def global_batch(self) -> int:
+        return self.world * self.micro_batch * self.grad_accum
+
+    def positions(self, micro: int, rank: int | None = None) -> np.ndarray:
+        r = self.rank if rank is None else rank
+        base = self.position + (micro * self.world + r) * self.micro_batch
+        return np.arange(base, base + self.micro_batch, dtype=np.int64)
+
+    def ids(self, micro: int) -> list[int]:
+        return self.order.blocks(self.positions(micro)).tolist()
+
+    def global_ids(self) -> np.ndarray:
+        """Every block of the current global batch, in position order (for the digest)."""
+        return self.order.blocks(np.arange(self.position, self.position + self.global_batch, dtype=np.int64))
+
+    def advance(self) -> None:
+        self.position += self.global_batch
 
     def indices(self, step: int, micro: int) -> list[int]:
-        base = ((step * self.grad_accum + micro) * self.world + self.rank) * self.micro_batch
-        out = []
-        for pos in range(base, base + self.micro_batch):
-            epoch, offset = divmod(pos, self.num_blocks)
-            out.append(int(self._perm(epoch)[offset]))
-        return out
+        """The blocks of ``micro`` in optimizer step ``step`` counted from position 0."""
+        saved, self.position = self.position, step * self.global_batch
+        try:
+            return self.ids(micro)
+        finally:
+            self.position = saved
+
+
+def chain_digest(previous: str, block_ids: np.ndarray) -> str:
+    """The consumed-data digest after one more global batch (a hash chain over block ids)."""
+    import hashlib
+
+    return hashlib.sha256(previous.encode() + np.asarray(block_ids, dtype=np.int64).tobytes()).hexdigest()
 
 
 def lr_lambda(warmup: int, total: int, min_ratio: float):
@@ -118,7 +149,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.common.logs import setup_logging
     from components.common.metrics_sink import MetricsSink
     from components.common.modeling import load_model, zero3_loading
-    from components.data_prep.shards import read_shards
+    from components.data_prep.manifest import TokenSplit
+    from components.data_prep.shards import BlockReader
 
     setup_logging()
     cfg = Config.from_json(config["cfg"])
@@ -128,9 +160,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     pc = cfg.pretrain
 
-    train = read_shards(config["shard_uri"], config["train_files"])
-    blocks = torch.from_numpy(train.astype(np.int64))
-    sampler = BlockSampler(len(blocks), cfg.seed, rank, world, pc.micro_batch_size, pc.grad_accum)
+    reader = BlockReader(TokenSplit.from_manifest({"pretrain": {"train": config["train_split"]}}, "train"))
+    sampler = BlockSampler(len(reader), cfg.seed, rank, world, pc.micro_batch_size, pc.grad_accum)
 
     ds_config = build_deepspeed_config(cfg.deepspeed, pc.micro_batch_size, pc.grad_accum, pc.precision)
     with tempfile.TemporaryDirectory() as init_dir:
@@ -155,11 +186,23 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     restored = restore_checkpoint(engine)
     start_step = int(restored["step"]) if restored else 0
+    data_digest = ""
+    if restored and "data" in restored:
+        state = restored["data"]
+        if int(state["num_blocks"]) != sampler.num_blocks or int(state["seed"]) != cfg.seed:
+            raise RuntimeError(
+                f"the checkpoint was trained on {state['num_blocks']} blocks with seed {state['seed']}, "
+                f"this run has {sampler.num_blocks} with seed {cfg.seed}: not the same data"
+            )
+        sampler.position, data_digest = int(state["position"]), state["digest"]
+    elif restored:  # a checkpoint from before the position was saved: derive it from the step
+        sampler.position = start_step * sampler.global_batch
     if restored and rank == 0:
-        log.info("resumed from checkpoint at step %d", start_step)
+        log.info("resumed from checkpoint at step %d (data position %d)", start_step, sampler.position)
+    consumed_log = config.get("consumed_log")  # tests: every block id this rank reads, per step
 
     sink = MetricsSink(config.get("tracking_uri"), config.get("mlflow_run_id"), enabled=rank == 0)
-    tokens_per_step = pc.micro_batch_size * pc.grad_accum * world * blocks.shape[1]
+    tokens_per_step = sampler.global_batch * reader.seq_len
     timed_tokens, timed_seconds = 0, 0.0
     window_loss, window_steps = 0.0, 0
     last: dict[str, float] = {}
@@ -169,12 +212,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for step in range(start_step, pc.steps):
         step_start = time.perf_counter()
         step_loss = 0.0
+        read_ids: list[int] = []
         for micro in range(pc.grad_accum):
-            batch = blocks[sampler.indices(step, micro)].to(device)
+            ids = sampler.ids(micro)
+            upcoming = sampler.ids(micro + 1) if micro + 1 < pc.grad_accum else None
+            batch = torch.from_numpy(reader.read(ids, upcoming).astype(np.int64)).to(device)
+            read_ids.extend(ids)
             loss = engine(input_ids=batch, labels=batch).loss
             engine.backward(loss)
             engine.step()
             step_loss += loss.detach().float().item() / pc.grad_accum
+        data_digest = chain_digest(data_digest, sampler.global_ids())
+        sampler.advance()
+        if consumed_log:
+            with open(os.path.join(consumed_log, f"rank-{rank}.jsonl"), "a") as fh:
+                fh.write(json.dumps({"step": step, "ids": read_ids}) + "\n")
         elapsed = time.perf_counter() - step_start
         if step - start_step >= 2:  # the first steps pay for warm-up, not throughput
             timed_tokens += tokens_per_step
@@ -205,7 +257,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 step=done, final=done == pc.steps, resumed_from=start_step,
                 tokens_per_s=timed_tokens / timed_seconds if timed_seconds else 0.0,
                 train_seconds=time.perf_counter() - loop_started, **peak_gpu_memory(),
+                data_position=sampler.position, data_digest=data_digest,
             )
             if done == pc.steps:
                 _save_hf_model(engine, cfg.deepspeed.zero_stage, config["output_uri"], tokenizer_dir, rank, report)
-            report_checkpoint(engine, rank, done, report, client_state={"step": done})
+            data_state = {"position": sampler.position, "digest": data_digest,
+                          "num_blocks": sampler.num_blocks, "seed": cfg.seed}
+            report_checkpoint(engine, rank, done, report, client_state={"step": done, "data": data_state})

@@ -15,7 +15,7 @@ from components.common import storage
 from components.common.config import Config
 from components.common.stage import stage_context
 from components.common.training_stage import TrainingJob, run_training_job
-from components.data_prep.step import dataset_refs, load_manifest
+from components.data_prep.manifest import dataset_refs, load_manifest
 from components.rlvr.grpo import rlvr_train_loop
 from components.rlvr.verifiers import get_verifiers
 

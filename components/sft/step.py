@@ -14,7 +14,7 @@ from components.common import storage
 from components.common.config import Config
 from components.common.stage import stage_context
 from components.common.training_stage import TrainingJob, run_training_job
-from components.data_prep.step import dataset_refs, load_manifest
+from components.data_prep.manifest import dataset_refs, load_manifest
 from components.sft.train_loop import sft_train_loop
 
 
@@ -30,7 +30,7 @@ def run_sft(cfg: Config, run_id: str, data: str, base: dict[str, str]) -> dict[s
                 "cfg": cfg.to_json(),
                 "base_uri": base["uri"],
                 "train_uri": manifest["sft"]["train"]["uri"],
-                "replay_uri": storage.join(data, "corpus", "train.jsonl"),
+                "replay_split": manifest["pretrain"]["train"],
             },
             parent_model_id=base.get("model_id") or None,
             datasets=[r for r in dataset_refs(manifest, ("sft",)) if r.context == "training"],

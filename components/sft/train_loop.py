@@ -14,7 +14,7 @@ from components.common.scratch import cleans_scratch
 
 
 def build_sft_dataset(
-    tokenizer, conversations: list[list[dict[str, str]]], replay_docs: list[str], max_length: int, seed: int
+    tokenizer, conversations: list[list[dict[str, str]]], replay_docs: list[list[int]], max_length: int, seed: int
 ):
     """One pre-tokenized dataset: conversations with loss on assistant tokens only, plus
     pre-training documents (replay) with loss on every token.
@@ -33,19 +33,35 @@ def build_sft_dataset(
         )
         rows.append({"input_ids": list(enc["input_ids"])[:max_length], "assistant_masks": list(enc["assistant_masks"])[:max_length]})
     for doc in replay_docs:
-        ids = (tokenizer(doc, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])[:max_length]
+        ids = list(doc)[:max_length]
         rows.append({"input_ids": ids, "assistant_masks": [1] * len(ids)})
     random.Random(seed).shuffle(rows)
     return Dataset.from_list(rows)
 
 
-def replay_sample(docs: list[str], count: int, seed: int) -> list[str]:
-    import random
+def replay_sample(split: dict[str, Any], count: int, seed: int, eos: int) -> list[list[int]]:
+    """``count`` pre-training documents as token ids (EOS included), read from that many
+    seeded random blocks of the training shards and nothing else: from each block, the first
+    whole document in it (after its first EOS, up to the next), or the block itself when one
+    document fills it."""
+    import numpy as np
 
-    if not docs or count <= 0:
+    from components.data_prep.manifest import TokenSplit
+    from components.data_prep.shards import BlockReader
+
+    if count <= 0:
         return []
-    rng = random.Random(seed)
-    return [docs[rng.randrange(len(docs))] for _ in range(count)]
+    reader = BlockReader(TokenSplit.from_manifest({"pretrain": {"train": split}}, "train"))
+    ids = np.random.default_rng(seed).integers(0, len(reader), size=count)
+    docs = []
+    for start in range(0, count, 256):
+        for block in reader.read(ids[start : start + 256].tolist()):
+            ends = np.flatnonzero(block == eos)
+            if len(ends) >= 2:
+                docs.append(block[ends[0] + 1 : ends[1] + 1].tolist())
+            else:
+                docs.append(block.tolist())
+    return docs
 
 
 @cleans_scratch
@@ -65,8 +81,8 @@ def sft_train_loop(config: dict[str, Any]) -> None:
     source = hf_worker.fetch_checkpoint(config["base_uri"])
     tokenizer = load_tokenizer(source)
     conversations = [r["messages"] for r in storage.read_jsonl(config["train_uri"])]
-    corpus = [r["text"] for r in storage.read_jsonl(config["replay_uri"])] if sc.replay_ratio > 0 else []
-    replay = replay_sample(corpus, int(len(conversations) * sc.replay_ratio), cfg.seed)
+    replay = replay_sample(config["replay_split"], int(len(conversations) * sc.replay_ratio), cfg.seed,
+                           tokenizer.eos_token_id)
     train = build_sft_dataset(tokenizer, conversations, replay, sc.max_length, cfg.seed)
 
     args = SFTConfig(

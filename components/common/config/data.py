@@ -12,12 +12,17 @@ from components.common.config.base import Strict
 class DataSource(Strict):
     """User text: a path/URI (file, folder or glob; local or s3://) or a Hugging Face dataset."""
 
-    uri: str | None = Field(default=None, description="File, folder or glob; local path or s3:// URI.")
+    uri: str | None = Field(
+        default=None,
+        description="File, folder or glob (local path or s3:// URI) of .txt/.jsonl/.json/.parquet files, "
+        "optionally .gz/.zst compressed.",
+    )
     hf_dataset: str | None = Field(default=None, description="Hugging Face dataset id (needs network).")
     hf_config: str | None = Field(default=None, description="The dataset's configuration name, if it has several.")
     hf_split: str = Field(default="train", description="The dataset's split to read.")
-    format: Literal["auto", "text", "jsonl"] = Field(
-        default="auto", description="File format; auto: from the extension (.jsonl/.json: JSONL, else text)."
+    format: Literal["auto", "text", "jsonl", "parquet"] = Field(
+        default="auto",
+        description="File format; auto: from the extension (.jsonl/.json: JSONL, .parquet: Parquet, else text).",
     )
     field: str = Field(default="text", description="The record field (or column) that holds the document.")
 
@@ -99,4 +104,21 @@ class DataConfig(Strict):
     generated: GeneratedCorpusConfig = Field(default_factory=GeneratedCorpusConfig)
     vocab_size: int = Field(default=2048, ge=300, description="BPE vocabulary size of the trained tokenizer.")
     tokenizer_min_frequency: int = Field(default=2, ge=1, description="Minimum count of a merged pair.")
-    shard_blocks: int = Field(default=4096, ge=1, description="Packed blocks per shard file.")
+    shard_blocks: int = Field(
+        default=4096, ge=1, le=2**24, description="Most packed blocks in one flat token shard file."
+    )
+    workers: int = Field(
+        default=2, ge=1, le=4096,
+        description="Data workers: Ray Data tasks (one CPU each) that scan and tokenize corpus units at "
+        "once; 1 runs them in the stage's own process, without Ray.",
+    )
+    ray_min_mb: float = Field(
+        default=64, ge=0,
+        description="Corpora smaller than this many MB (on storage) are tokenized in the stage's own "
+        "process: Ray Data's start-up would cost more than it saves. 0 = always on Ray Data.",
+    )
+    tokenizer_sample_docs: int = Field(
+        default=20000, ge=1, le=10_000_000,
+        description="Training documents the tokenizer learns from: a seeded sample of the corpus "
+        "(the documents with the smallest seeded hash), so its cost does not grow with the corpus.",
+    )
