@@ -20,7 +20,7 @@ from components.common import storage
 from components.common.config import Config, ConfigError, load_config
 from components.common.errors import DataError
 from components.common.run_id import check_run_id, new_run_id
-from components.data_prep.loaders import check_sources
+from components.data_prep.sources import check_sources
 from pipelines.cluster_cli import add_cluster_commands
 from pipelines.console import add_console_arguments
 from pipelines.label_cli import add_label_commands

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.common.config import DataSource
 from components.common.errors import DataError, at
-from components.data_prep.loaders import iter_hf_dataset, iter_text_records, load_corpus
+from components.data_prep.loaders import iter_hf_dataset, iter_text_records
 
 
 def _write(path: Path, text: str | bytes) -> Path:
@@ -112,33 +111,6 @@ def test_invalid_utf8_names_file_and_line(tmp_path: Path) -> None:
     f = _write(tmp_path / "latin1.txt", "fine\n".encode() + "caf\xe9\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin1\.txt:2: not valid UTF-8"):
         list(iter_text_records(str(f)))
-
-
-def test_load_corpus_splits_deterministically(tmp_path: Path) -> None:
-    _write(tmp_path / "docs.txt", "\n".join(f"document {i}" for i in range(100)) + "\n")
-    _write(tmp_path / "more.jsonl", "\n".join(json.dumps({"text": f"json {i}"}) for i in range(20)))
-    sources = [DataSource(uri=str(tmp_path / name)) for name in ("docs.txt", "more.jsonl")]
-    train, heldout = load_corpus(sources, heldout_fraction=0.1, seed=1)
-    assert len(heldout) == 12 and len(train) == 108
-    expected = [f"document {i}" for i in range(100)] + [f"json {i}" for i in range(20)]
-    assert sorted(train + heldout) == sorted(expected)
-    assert load_corpus(sources, 0.1, seed=1) == (train, heldout)
-    assert load_corpus(sources, 0.1, seed=2) != (train, heldout)
-
-
-def test_load_corpus_holds_out_at_least_one(tmp_path: Path) -> None:
-    _write(tmp_path / "two.txt", "a\nb\n")
-    train, heldout = load_corpus([DataSource(uri=str(tmp_path / "two.txt"))], 0.01, seed=0)
-    assert len(train) == 1 and len(heldout) == 1
-
-
-def test_load_corpus_empty_and_single(tmp_path: Path) -> None:
-    _write(tmp_path / "blank.txt", "\n\n  \n")
-    with pytest.raises(DataError, match=r"the corpus is empty: .*blank\.txt"):
-        load_corpus([DataSource(uri=str(tmp_path / "blank.txt"))], 0.1, seed=0)
-    _write(tmp_path / "one.txt", "only one\n")
-    with pytest.raises(DataError, match="at least 2"):
-        load_corpus([DataSource(uri=str(tmp_path / "one.txt"))], 0.1, seed=0)
 
 
 def test_hf_dataset_missing_locally_is_a_data_error(tmp_path: Path, monkeypatch) -> None:

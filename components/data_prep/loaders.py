@@ -1,4 +1,6 @@
-"""Loading user text corpora: files, folders and globs (local or any fsspec URI), or HF datasets.
+"""Reading users' record files (files, folders and globs, local or any fsspec URI) and HF datasets:
+the line and record readers the instruction, preference and problem loaders share (corpora
+stream through ``sources.py`` on Ray Data).
 
 Every problem with the *data* becomes a ``DataError`` whose message starts with the file and,
 where it makes sense, the 1-based line (``corpus.jsonl:17: not valid JSON``), because a user
@@ -12,7 +14,6 @@ rather than loaded whole, and a bad UTF-8 byte can be reported with its line num
 from __future__ import annotations
 
 import json
-import random
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import fsspec
@@ -236,21 +237,6 @@ def iter_hf_dataset(name: str, config: str | None, split: str, field: str) -> It
         index += 1
 
 
-def _describe(source: Any) -> str:
-    if getattr(source, "uri", None):
-        return str(source.uri)
-    config = getattr(source, "hf_config", None)
-    return f"hf:{source.hf_dataset}" + (f"/{config}" if config else "") + f"[{source.hf_split}]"
-
-
-def _iter_source(source: Any) -> Iterator[str]:
-    if getattr(source, "uri", None):
-        return iter_text_records(source.uri, source.format, source.field)
-    if getattr(source, "hf_dataset", None):
-        return iter_hf_dataset(source.hf_dataset, source.hf_config, source.hf_split, source.field)
-    raise DataError(f"data source {source!r} has neither 'uri' nor 'hf_dataset'")
-
-
 def load_each_source(uris: list[str], load_file: Callable[[str], list[T]], what: str) -> list[T]:
     """All records of ``uris`` in the order given, each URI loaded by ``load_file``."""
     if not uris:
@@ -259,43 +245,3 @@ def load_each_source(uris: list[str], load_file: Callable[[str], list[T]], what:
     for uri in uris:
         records.extend(load_file(uri))
     return records
-
-
-def check_sources(sources: list[Any]) -> None:
-    """Fail fast, before any stage starts, if a configured corpus file/folder/glob is not there
-    (corpus folders may hold Parquet and compressed files: ``sources.resolve_files``)."""
-    from components.data_prep.sources import resolve_files
-
-    for source in sources:
-        if getattr(source, "uri", None):
-            resolve_files(source.uri)
-
-
-def load_corpus(
-    sources: list[Any], heldout_fraction: float, seed: int
-) -> tuple[list[str], list[str]]:
-    """All documents of ``sources`` split into (train, held-out), reproducibly from ``seed``.
-
-    The split is by whole document, after a seeded shuffle, so neighbouring lines of one file
-    do not all land on the same side. At least one document is always held out, since
-    evaluation needs held-out text; hence at least two documents are required.
-    """
-    if not 0 < heldout_fraction < 1:
-        raise ValueError(f"heldout_fraction must be between 0 and 1, got {heldout_fraction}")
-    docs: list[str] = []
-    for source in sources:
-        docs.extend(_iter_source(source))
-    described = ", ".join(_describe(s) for s in sources) or "no sources given"
-    if not docs:
-        raise DataError(f"the corpus is empty: {described}")
-    if len(docs) < 2:
-        raise DataError(
-            f"the corpus has only 1 document ({described}); at least 2 are needed, "
-            "one to train on and one to hold out for evaluation"
-        )
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    num_heldout = min(max(1, round(len(docs) * heldout_fraction)), len(docs) - 1)
-    heldout = [docs[i] for i in order[:num_heldout]]
-    train = [docs[i] for i in order[num_heldout:]]
-    return train, heldout

@@ -240,3 +240,11 @@ def iter_unit(unit: Unit) -> Iterator[str]:
                 yield value
     else:
         yield from _iter_text(_lines(unit))
+
+
+def check_sources(sources: list[Any]) -> None:
+    """Fail fast, before any stage starts, if a configured corpus file/folder/glob is not there
+    (corpus folders may hold Parquet and compressed files: ``sources.resolve_files``)."""
+    for source in sources:
+        if getattr(source, "uri", None):
+            resolve_files(source.uri)
