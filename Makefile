@@ -6,7 +6,7 @@ PIP     := $(PY) -m pip
 PYTEST_ARGS ?=
 ARGS    ?=
 
-.PHONY: install run run-stack stack-up stack-down test test-all compile bench clean chromium
+.PHONY: install run run-stack stack-up stack-down test test-all compile bench clean chromium image-check
 
 install: $(VENV)/.installed chromium
 
@@ -46,6 +46,12 @@ test-all: install
 compile: install
 	$(VENV)/bin/fromscratch compile --preset gpu -o build/gpu-pipeline.yaml
 	$(VENV)/bin/fromscratch compile --preset cluster -o build/cluster-pipeline.yaml
+
+# Build docker/Dockerfile.cpu for real (podman, local base image, offline wheelhouse, no network)
+# and run data_prep + pretrain inside it as KFP would (docker/image_check.py; needs root to
+# install podman). ARGS=--cuda also rehearses docker/Dockerfile.cuda on the same base.
+image-check: install
+	$(PY) docker/image_check.py $(ARGS)
 
 bench: install
 	$(PY) benchmarks/pretrain_throughput.py
