@@ -244,27 +244,43 @@ class Check:
         self.image = f"{registry}/fromscratch-cpu:{tag}"
         env = {**self.env, "CONTAINER_ENGINE": "podman", "BASE_IMAGE": self.base_image,
                "WHEELHOUSE": str(self.wheelhouse), "BUILD_NETWORK": "none", "REGISTRY": registry}
-        proc = subprocess.run(["bash", str(build_sh), "cpu"], env=env, cwd=REPO, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        lines = proc.stdout.splitlines()
-        for line in lines:
-            if line.startswith(("STEP ", "building ", "built ", "--> Using cache")) or "error" in line.lower():
-                print(f"  | {line}", flush=True)
-        if proc.returncode != 0:
-            raise CheckFailed("the image did not build:\n" + "\n".join(lines[-30:]))
+        proc = subprocess.Popen(["bash", str(build_sh), "cpu"], env=env, cwd=REPO, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lines = []
+        build_log = self.storage / "build.log"
+        with build_log.open("w") as fh:
+            for line in proc.stdout:  # the engine's output as it comes: all of it to build.log,
+                fh.write(line)        # the steps (and whether they came from the cache) here
+                line = line.rstrip("\n")
+                lines.append(line)
+                if line.startswith(("STEP ", "--> Using cache", "built ", "building ")) or "rror" in line:
+                    print(f"  | {line[:150]}", flush=True)
+        if proc.wait() != 0:
+            raise CheckFailed(f"the image did not build (whole log: {build_log}):\n" + "\n".join(lines[-30:]))
         size = int(self.podman("image", "inspect", "--format", "{{.Size}}", self.image, capture=True).stdout)
         self.size_mb = size / 1e6
-        self.podman("image", "prune", "-f", capture=True, check=False)  # the layers a rebuild replaced
+        self.forget_old_images(self.image)
         return f"({self.image}, {self.size_mb:.0f} MB)"
 
+    def forget_old_images(self, keep: str) -> None:
+        """Earlier builds of this repository and superseded base images: this machine keeps only
+        the newest (a cached layer that is still in use stays)."""
+        repo = keep.rsplit(":", 1)[0]
+        for name in self.podman("images", "--format", "{{.Repository}}:{{.Tag}}", repo, capture=True).stdout.split():
+            if name != keep:
+                self.podman("rmi", name, check=False, capture=True)
+        for name in self.podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/fromscratch-base",
+                                capture=True).stdout.split():
+            if name != self.base_image:
+                self.podman("rmi", name, check=False, capture=True)
+        self.podman("image", "prune", "-f", capture=True, check=False)  # layers nothing uses any more
+
     # --- inside the image ---------------------------------------------------------------
-    def container(self, *cmd: str, mounts: list[str] = (), check: bool = True, timeout: float = 1800,
-                  env: dict | None = None) -> subprocess.CompletedProcess:
-        args = ["run", "--rm", "--network=none", "--shm-size=1g"]
+    def container(self, *cmd: str, mounts: list[str] = (), check: bool = True,
+                  timeout: float = 1800) -> subprocess.CompletedProcess:
+        args = ["run", "--rm", "--network=none"]
         for m in mounts:
             args += ["-v", m]
-        for k, v in (env or {}).items():
-            args += ["-e", f"{k}={v}"]
         return self.podman(*args, self.image, *cmd, capture=True, check=check, timeout=timeout)
 
     def inspect(self) -> str:
@@ -273,7 +289,7 @@ class Check:
         self.uid = user.split(":")[0]
         if not user or self.uid in ("0", "root"):
             raise CheckFailed(f"the image runs as root (USER is {user!r}); it must name a non-root user")
-        secret = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIAL)", re.I)
+        secret = re.compile(r"(^|_)(TOKEN|SECRET|PASSWORD|PASSWD|ACCESS_KEY|API_KEY|CREDENTIALS?|AUTH)(_|$)", re.I)
         leaked = [e.split("=")[0] for e in cfg.get("Env", []) if secret.search(e.split("=")[0])]
         if leaked:
             raise CheckFailed(f"the image's environment carries credentials: {leaked}")
@@ -360,12 +376,27 @@ class Check:
             os.chown(root, int(self.uid), int(self.uid))
             for f in files:
                 os.chown(os.path.join(root, f), int(self.uid), int(self.uid))
-        proc = self.container(*command, mounts=[f"{self.storage}:/storage"], check=False,
-                              env={"RAY_DISABLE_USAGE_STATS": "1"})
-        (self.storage / "kfp" / name / "container.log").write_text(proc.stdout)
-        if proc.returncode != 0:
-            tail = "\n".join(proc.stdout.splitlines()[-25:])
-            raise CheckFailed(f"the {name} step exited with {proc.returncode} inside the container:\n{tail}")
+        # DeepSpeed JIT-compiles its CPU communication op in every fresh container (1-3 min on
+        # 2 cores); like a cache volume on a cluster, a host folder per image keeps the result.
+        # Keyed by what the op is built from (base image + torch/DeepSpeed wheels), not by the
+        # image: a code change keeps it.
+        jit = CACHE / f"torch-extensions-{digest(self.base_image, self.wheelhouse.name)}"
+        for old in CACHE.glob("torch-extensions-*"):
+            if old != jit:
+                shutil.rmtree(old, ignore_errors=True)
+        jit.mkdir(exist_ok=True)
+        os.chown(jit, int(self.uid), int(self.uid))
+        log_path = self.storage / "kfp" / name / "container.log"
+        args = ["podman", "run", "--rm", "--network=none", "--shm-size=1g",
+                "-v", f"{self.storage}:/storage", "-v", f"{jit}:/home/fromscratch/.cache/torch_extensions",
+                "-e", "RAY_DISABLE_USAGE_STATS=1", self.image, *command]
+        log(f"  running {name} in the container (output: {log_path})")
+        with log_path.open("w") as fh:
+            rc = subprocess.run(args, env=self.env, stdout=fh, stderr=subprocess.STDOUT, timeout=3600).returncode
+        if rc != 0:
+            lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if "State API" not in ln]
+            tail = "\n".join(lines[-25:])
+            raise CheckFailed(f"the {name} step exited with {rc} inside the container:\n{tail}")
         result = json.loads((self.storage / "kfp" / name / "executor_output.json").read_text())
         return result
 
