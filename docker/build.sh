@@ -16,6 +16,7 @@
 #   WHEELHOUSE=<dir>          install every wheel from <dir>, mounted read-only at build time
 #                             (podman/buildah only); no package index is contacted
 #   BUILD_NETWORK=none        build without any network (with WHEELHOUSE and a local base)
+#   DS_BUILD_FUSED_ADAM=0     CUDA image without DeepSpeed's prebuilt fused Adam (no nvcc)
 # After a build it prints the build time and the image size.
 set -euo pipefail
 
@@ -31,7 +32,7 @@ for arg in "$@"; do
     --push) push=1 ;;
     --latest) latest=1 ;;
     --print-tag) print_tag=1 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "build.sh: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done
@@ -97,5 +98,6 @@ fi
 if [ "$target" = cuda ] || [ "$target" = all ]; then
   build cuda --build-arg "CUDA_IMAGE=${CUDA_IMAGE}" \
     --build-arg "TORCH_INDEX=${TORCH_CUDA_INDEX}" \
-    --build-arg "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}"
+    --build-arg "TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}" \
+    --build-arg "DS_BUILD_FUSED_ADAM=${DS_BUILD_FUSED_ADAM:-1}"
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Build the CPU image for real and run a pipeline step inside it, the way KFP would.
 
-    python docker/image_check.py [--storage DIR] [--steps N] [--keep]      (or `make image-check`)
+    python docker/image_check.py [--storage DIR] [--steps N] [--cuda]      (or `make image-check`)
 
 Phases, each timed:
 
@@ -25,6 +25,9 @@ Phases, each timed:
              pretrain on data_prep's output artifact: Ray Train + DeepSpeed inside the container,
              --network=none, against a host folder mounted at /storage. Each stage's
              _COMPLETE markers must appear in that folder.
+  cuda_build (--cuda) docker/Dockerfile.cuda built the same way on the same local base: the
+  cuda_run   CPU torch stands in for the CUDA wheel, DeepSpeed's fused Adam is not prebuilt;
+             then every module imports in it and the gpu preset compiles.
 
 Exit status: 0 when everything passed, 1 when a phase failed (the message names the phase and
 why), 77 when no container engine is available and none can be installed.
@@ -438,6 +441,46 @@ class Check:
         model = out["artifacts"]["pretrain_model"]["artifacts"][0]["metadata"]
         return f"({len(found)} _COMPLETE markers; pretrain model at {model.get('uri')})"
 
+    # --- the CUDA Dockerfile, as far as a machine without CUDA goes -----------------------
+    def cuda_build(self) -> str:
+        """docker/Dockerfile.cuda on the same local base instead of nvidia/cuda (no CUDA
+        libraries, no nvcc): the CPU torch from the wheelhouse stands in for the CUDA build and
+        DeepSpeed's fused Adam is not prebuilt. Tagged under localhost/rehearsal so it can never
+        be pushed as the real CUDA image."""
+        registry = "localhost/rehearsal"
+        tag = run(["bash", str(REPO / "docker" / "build.sh"), "--print-tag"], capture=True).stdout.strip()
+        self.cuda_image = f"{registry}/fromscratch-cuda:{tag}"
+        env = {**self.env, "CONTAINER_ENGINE": "podman", "CUDA_IMAGE": self.base_image, "REGISTRY": registry,
+               "WHEELHOUSE": str(self.wheelhouse), "BUILD_NETWORK": "none", "DS_BUILD_FUSED_ADAM": "0"}
+        build_log = self.storage / "build-cuda.log"
+        with build_log.open("w") as fh:
+            rc = subprocess.run(["bash", str(REPO / "docker" / "build.sh"), "cuda"], env=env, cwd=REPO,
+                                stdout=fh, stderr=subprocess.STDOUT).returncode
+        lines = build_log.read_text(errors="replace").splitlines()
+        if rc != 0:
+            raise CheckFailed(f"docker/Dockerfile.cuda did not build (whole log: {build_log}):\n" + "\n".join(lines[-30:]))
+        for line in lines:
+            if line.startswith(("STEP ", "--> Using cache", "built ")):
+                print(f"  | {line[:150]}", flush=True)
+        size = int(self.podman("image", "inspect", "--format", "{{.Size}}", self.cuda_image, capture=True).stdout)
+        self.forget_old_images(self.cuda_image)
+        return f"({self.cuda_image}, {size / 1e6:.0f} MB)"
+
+    def cuda_run(self) -> str:
+        saved, self.image = self.image, self.cuda_image
+        try:
+            cfg = json.loads(self.podman("image", "inspect", self.image, capture=True).stdout)[0]["Config"]
+            if cfg.get("User", "").split(":")[0] in ("", "0", "root"):
+                raise CheckFailed(f"the CUDA image runs as root (USER is {cfg.get('User')!r})")
+            note = self.imports()
+            probe = ("import torch, deepspeed, ray, kfp, mlflow, transformers, trl; "
+                     "print(torch.__version__, deepspeed.__version__, torch.cuda.is_available())")
+            versions = self.container("python3", "-c", probe).stdout.strip().splitlines()[-1]
+            self.container("fromscratch", "compile", "--preset", "gpu", "-o", "/tmp/gpu.yaml")
+        finally:
+            self.image = saved
+        return f"{note}; torch, deepspeed, cuda available: {versions}; compiled the gpu preset"
+
     def main(self) -> int:
         self.storage = Path(self.args.storage).resolve()
         if self.storage.exists() and any(self.storage.iterdir()):
@@ -455,6 +498,9 @@ class Check:
             self.phase("compile", self.compile)
             self.phase("data_prep", self.data_prep)
             self.phase("pretrain", self.pretrain)
+            if self.args.cuda:
+                self.phase("cuda_build", self.cuda_build)
+                self.phase("cuda_run", self.cuda_run)
             ok = True
         except CheckFailed as err:
             print(f"image-check: FAILED: {err}", file=sys.stderr, flush=True)
@@ -475,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=str(REPO / "build" / "image-check"),
                         help="empty host folder mounted at /storage in the container (default build/image-check)")
     parser.add_argument("--steps", type=int, default=4, help="pre-training steps inside the container")
+    parser.add_argument("--cuda", action="store_true",
+                        help="also build docker/Dockerfile.cuda on the local base (CPU torch) and import the project in it")
     args = parser.parse_args(argv)
     if args.storage == str(REPO / "build" / "image-check"):
         shutil.rmtree(args.storage, ignore_errors=True)
