@@ -63,3 +63,29 @@ def test_image_builds_and_runs_pipeline_steps_inside(tmp_path):
     assert (model_dir / "_COMPLETE").exists(), f"pretrain checkpoint {model_uri} has no _COMPLETE"
     assert (model_dir / "model.safetensors").exists()
     assert (model_dir / "_COMPLETE").stat().st_uid != 0, "the step ran as root inside the container"
+
+
+@pytest.mark.slow
+def test_image_check_names_a_module_left_out_of_the_image(tmp_path):
+    """Break the image the way a careless .dockerignore would: the check must fail and name the
+    module. Runs on a copy of this checkout, under its own image name."""
+    copy = tmp_path / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for rel in files:
+        if (REPO / rel).is_file():
+            (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, copy / rel)
+    with (copy / ".dockerignore").open("a") as fh:
+        fh.write("components/common/progress.py\n")
+    env = {**os.environ, "REGISTRY": "localhost/broken"}
+    proc = subprocess.run([sys.executable, str(copy / "docker" / "image_check.py"), "--storage", str(tmp_path / "s")],
+                          cwd=copy, env=env, capture_output=True, text=True, timeout=3600)
+    out = proc.stdout + proc.stderr
+    print(out[-4000:])
+    subprocess.run(["podman", "rmi", "--ignore", "localhost/broken/fromscratch-cpu:0.1.0-nogit"], capture_output=True)
+    assert proc.returncode == 1, out[-3000:]
+    assert "phase import failed" in out
+    assert "do not import inside the image" in out
+    assert "components.common.progress: ModuleNotFoundError: No module named 'components.common.progress'" in out
+    assert "image-check: data_prep:" not in out  # it stopped before running any step
