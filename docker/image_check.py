@@ -262,21 +262,24 @@ class Check:
             raise CheckFailed(f"the image did not build (whole log: {build_log}):\n" + "\n".join(lines[-30:]))
         size = int(self.podman("image", "inspect", "--format", "{{.Size}}", self.image, capture=True).stdout)
         self.size_mb = size / 1e6
-        self.forget_old_images(self.image)
         return f"({self.image}, {self.size_mb:.0f} MB)"
 
-    def forget_old_images(self, keep: str) -> None:
-        """Earlier builds of this repository and superseded base images: this machine keeps only
-        the newest (a cached layer that is still in use stays)."""
-        repo = keep.rsplit(":", 1)[0]
-        for name in self.podman("images", "--format", "{{.Repository}}:{{.Tag}}", repo, capture=True).stdout.split():
-            if name != keep:
-                self.podman("rmi", name, check=False, capture=True)
+    def cleanup(self) -> str:
+        """Earlier builds of these repositories and superseded base images: this machine keeps
+        only the newest (a cached layer that is still in use stays)."""
+        kept = [i for i in (self.image, getattr(self, "cuda_image", "")) if i]
+        for keep in kept:
+            repo = keep.rsplit(":", 1)[0]
+            for name in self.podman("images", "--format", "{{.Repository}}:{{.Tag}}", repo,
+                                    capture=True).stdout.split():
+                if name != keep:
+                    self.podman("rmi", name, check=False, capture=True)
         for name in self.podman("images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/fromscratch-base",
                                 capture=True).stdout.split():
             if name != self.base_image:
                 self.podman("rmi", name, check=False, capture=True)
         self.podman("image", "prune", "-f", capture=True, check=False)  # layers nothing uses any more
+        return f"(kept {', '.join(kept)})"
 
     # --- inside the image ---------------------------------------------------------------
     def container(self, *cmd: str, mounts: list[str] = (), check: bool = True,
@@ -463,7 +466,6 @@ class Check:
             if line.startswith(("STEP ", "--> Using cache", "built ")):
                 print(f"  | {line[:150]}", flush=True)
         size = int(self.podman("image", "inspect", "--format", "{{.Size}}", self.cuda_image, capture=True).stdout)
-        self.forget_old_images(self.cuda_image)
         return f"({self.cuda_image}, {size / 1e6:.0f} MB)"
 
     def cuda_run(self) -> str:
@@ -501,6 +503,7 @@ class Check:
             if self.args.cuda:
                 self.phase("cuda_build", self.cuda_build)
                 self.phase("cuda_run", self.cuda_run)
+            self.phase("cleanup", self.cleanup)
             ok = True
         except CheckFailed as err:
             print(f"image-check: FAILED: {err}", file=sys.stderr, flush=True)
