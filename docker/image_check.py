@@ -391,6 +391,10 @@ class Check:
             if old != jit:
                 shutil.rmtree(old, ignore_errors=True)
         jit.mkdir(exist_ok=True)
+        # A step killed while compiling leaves torch's lock file behind, and the next one would
+        # wait for it forever; no other check runs now (see main), so any lock here is stale.
+        for stale in jit.glob("*/*/lock"):
+            stale.unlink()
         os.chown(jit, int(self.uid), int(self.uid))
         log_path = self.storage / "kfp" / name / "container.log"
         args = ["podman", "run", "--rm", "--network=none", "--shm-size=1g",
@@ -484,6 +488,14 @@ class Check:
         return f"{note}; torch, deepspeed, cuda available: {versions}; compiled the gpu preset"
 
     def main(self) -> int:
+        import fcntl
+
+        lock = (CACHE / ".lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log("another image-check runs on this machine; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
         self.storage = Path(self.args.storage).resolve()
         if self.storage.exists() and any(self.storage.iterdir()):
             raise SystemExit(f"image-check: --storage {self.storage} is not empty")
