@@ -6,7 +6,7 @@ PIP     := $(PY) -m pip
 PYTEST_ARGS ?=
 ARGS    ?=
 
-.PHONY: install run run-stack stack-up stack-down test test-all compile bench gpu-check clean chromium
+.PHONY: install run run-stack stack-up stack-down test test-all compile bench gpu-check clean chromium image-check
 
 install: $(VENV)/.installed chromium
 
@@ -46,6 +46,12 @@ test-all: install
 compile: install
 	$(VENV)/bin/fromscratch compile --preset gpu -o build/gpu-pipeline.yaml
 	$(VENV)/bin/fromscratch compile --preset cluster -o build/cluster-pipeline.yaml
+
+# Build docker/Dockerfile.cpu for real (podman, local base image, offline wheelhouse, no network),
+# run data_prep + pretrain inside it as KFP would, then build docker/Dockerfile.cuda as far as a
+# machine without CUDA allows (docker/image_check.py; installs podman when root).
+image-check: install
+	$(PY) docker/image_check.py --cuda $(ARGS)
 
 bench: install
 	$(PY) benchmarks/pretrain_throughput.py
