@@ -40,8 +40,8 @@ def _serve_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    "without it the stored pairs are served")
     p.add_argument("--model-b", default=d(None), help="a second checkpoint: one reply from each (default: two samples of --model)")
     p.add_argument("--prompts", default=d(None), help="prompts file/folder/URI (.jsonl prompt/messages records or .txt lines)")
-    p.add_argument("--run-id", default=d(None), help="use this pipeline run's held-out preference prompts "
-                   "(default with a registry alias: the run that produced the model)")
+    p.add_argument("--run-id", default=d(None), help="use this pipeline run's labelling pool: its training prompts, none of them "
+                   "in any held-out suite (default with a registry alias: the run that produced the model)")
     p.add_argument("--num-pairs", type=int, default=d(50), help="at most this many prompts (default 50)")
     p.add_argument("--temperature", type=float, default=d(0.8), help="0 = greedy (default 0.8)")
     p.add_argument("--top-p", type=float, default=d(0.95))
@@ -101,21 +101,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace, repo) -> None:
     from components.common.tracking import resolve_tracking_uri
     from components.label.pairs import Sampling, generate_pairs, resolve_model
-    from components.label.prompts import heldout_prompts_uri, load_prompts
+    from components.label.prompts import label_pool, load_prompts
 
     cfg = _config(args)
     tracking = resolve_tracking_uri(cfg)
     model_a = resolve_model(args.model, tracking)
     model_b = resolve_model(args.model_b, tracking) if args.model_b else None
     prompts_uri = args.prompts
-    if not prompts_uri:
+    if prompts_uri:
+        prompts = load_prompts(prompts_uri)[: args.num_pairs]
+    else:
         run_id = args.run_id or model_a.run_id
         if not run_id:
             from components.common.errors import DataError
 
-            raise DataError("no prompts: pass --prompts FILE, or --run-id RUN for a run's held-out prompts")
-        prompts_uri = heldout_prompts_uri(cfg.storage.root, run_id)
-    prompts = load_prompts(prompts_uri)[: args.num_pairs]
+            raise DataError("no prompts: pass --prompts FILE, or --run-id RUN for a run's labelling pool")
+        pool, prompts_uri = label_pool(cfg.storage.root, run_id)
+        prompts = pool[: args.num_pairs]
     sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     key, n = generate_pairs(repo, prompts, model_a, model_b, sampling)
     print(f"pairs: {n} in batch {key[:12]} from {len(prompts)} prompts of {prompts_uri}")

@@ -34,6 +34,8 @@ from components.data_prep.problems import Problem, generate_problems, to_sft_exa
 from components.data_prep.problems import to_record as problem_record
 from components.data_prep.shards import pack_documents, write_shards
 from components.data_prep.tokenizer import train_tokenizer
+from components.data_prep.votes import DATASET_NAME as VOTES_DATASET
+from components.data_prep.votes import collect_votes, combine, heldout_prompt_keys, write_votes
 from components.data_prep.world import World, build_world
 from components.common.start import resolve_start
 
@@ -221,6 +223,12 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         raise DataError(f"instruction data has an empty {'train' if not sft_train else 'held-out'} split ({sft_source})")
     log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
     pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout)
+    votes = collect_votes(cfg, start, ctx.tracker.client, heldout_prompt_keys(
+        [e.prompt_messages for e in sft_heldout], [p.prompt for p in pref_heldout], [p.prompt for p in rlvr_heldout]))
+    if votes is not None:  # people's votes (components/data_prep/votes.py), combined as configured
+        vcfg = cfg.data.preferences.votes
+        pref_train, pref_heldout = combine(vcfg.mode, vcfg.weight, pref_train, pref_heldout, votes.pairs)
+        pref_source = f"votes of {votes.snapshot.source} ({vcfg.mode})" + ("" if vcfg.mode == "alone" else f" + {pref_source}")
     log.info("preference pairs: %d train / %d held-out from %s", len(pref_train), len(pref_heldout), pref_source)
     ideal_train = sft_train  # before the flaws: RLVR's instruction rows and the vocabulary use these
     worked = to_sft_examples(rlvr_train[:num_sft_problems])
@@ -276,6 +284,8 @@ def prepare(ctx: StageContext) -> dict[str, Any]:
         uri = storage.join(out, "preference", f"{split}.jsonl")
         digest = _write_jsonl(uri, [pair_record(p) for p in pairs])
         preference[split] = {"uri": uri, "digest": digest, "num_examples": len(pairs)}
+    if votes is not None:
+        preference["votes"] = write_votes(storage.join(out, "preference"), votes)
     rlvr = {}
     for split, problems in (("train", rlvr_train), ("heldout", rlvr_heldout)):
         uri = storage.join(out, "rlvr", f"{split}.jsonl")
@@ -338,6 +348,9 @@ def dataset_refs(manifest: dict[str, Any], kinds: tuple[str, ...] | None = None)
                     context="evaluation" if split == "heldout" else "training",
                 )
             )
+        if kind == "preference" and "votes" in manifest[kind]:  # the votes snapshot the pairs came from
+            info = manifest[kind]["votes"]
+            refs.append(DatasetRef(name=VOTES_DATASET, uri=info["uri"], digest=info["digest"], context="training"))
     return refs
 
 
@@ -364,6 +377,8 @@ def run_data_prep(cfg: Config, run_id: str) -> dict[str, Any]:
                     "vocab_size": manifest["vocab_size"],
                     "sft_train_examples": manifest["sft"]["train"]["num_examples"],
                     "rlvr_train_problems": manifest["rlvr"]["train"]["num_examples"],
+                    **{f"votes.{k}": v for k, v in manifest["preference"].get("votes", {}).items()
+                       if isinstance(v, int) and not isinstance(v, bool)},
                 },
             )
             ctx.tracker.log_params(ctx.mlflow_run_id, {"data_source": manifest["source"]})
