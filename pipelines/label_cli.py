@@ -123,6 +123,27 @@ def _generate(args: argparse.Namespace, repo) -> None:
     print(f"pairs: {n} in batch {key[:12]} from {len(prompts)} prompts of {prompts_uri}")
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Sample pairs (with --model), then let scripted people with a stated taste vote on them
+    through the real page on a loopback port."""
+    from components.label.repository import Repository
+    from components.label.simulate import label_pairs_over_http
+
+    db_url = args.db or os.environ.get(DB_ENV) or DEFAULT_DB
+    repo = Repository.from_url(db_url)
+    if args.model:
+        _generate(args, repo)
+    result = label_pairs_over_http(db_url, args.prefer, args.labelers)
+    counts = result.counts()
+    print(f"simulated labelers ({args.labelers}, prefer {args.prefer}) cast {len(result.votes)} votes over HTTP: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for error in result.errors:
+        print(f"  error: {error}", file=sys.stderr)
+    progress = repo.progress("")
+    print(f"database {db_url}: {progress.total_pairs} pairs, {progress.total_votes} votes")
+    return 1 if result.errors else 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from components.label.export import agreement_lines, log_export, write_export
     from components.label.repository import Repository
@@ -154,10 +175,18 @@ def add_label_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     _serve_options(label, suppress=False)
     label.set_defaults(fn=cmd_serve)
-    sub = label.add_subparsers(dest="label_command", metavar="{serve,export}")
+    sub = label.add_subparsers(dest="label_command", metavar="{serve,export,simulate}")
     serve = sub.add_parser("serve", help="sample pairs (with --model) and serve the page (the default)")
     _serve_options(serve, suppress=True)
     serve.set_defaults(fn=cmd_serve)
+    simulate = sub.add_parser(
+        "simulate", help="sample pairs (with --model) and let scripted labelers with a stated taste vote "
+        "through the real page on loopback (the one-machine loop)")
+    _serve_options(simulate, suppress=True)
+    simulate.add_argument("--prefer", choices=("shorter", "longer"), default="shorter",
+                          help="the simulated people's taste: the reply with fewer (more) words is better")
+    simulate.add_argument("--labelers", type=int, default=1, help="simulated people, each votes on every pair")
+    simulate.set_defaults(fn=cmd_simulate)
     export = sub.add_parser("export", help="write the votes as prompt/chosen/rejected JSONL and log it to MLflow")
     export.add_argument("--out", required=True, help="output file or URI (.jsonl); agreement goes beside it")
     export.add_argument("--db", default=None, help=f"SQLAlchemy URL (default ${DB_ENV} or {DEFAULT_DB})")

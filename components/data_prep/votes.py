@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable
 
 from components.common import storage
 from components.common.errors import DataError
+from components.common.tracking import VOTES_DATASET, VOTES_SESSIONS_FILE
 from components.data_prep.preferences import PreferencePair
 
 log = logging.getLogger(__name__)
@@ -46,9 +47,9 @@ log = logging.getLogger(__name__)
 # The labelling page's tables (components/label/db.py names its ORM classes after these).
 VOTES_TABLE = "label_votes"
 PAIRS_TABLE = "label_pairs"
-DATASET_NAME = "preference-votes"
+DATASET_NAME = VOTES_DATASET
 SNAPSHOT_FILE = "votes.jsonl"
-SESSIONS_FILE = "votes.sessions.json"
+SESSIONS_FILE = VOTES_SESSIONS_FILE
 VOTE_KIND = "votes"  # PreferencePair.kind of a voted pair: evaluation reports accuracy.votes
 DB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 
