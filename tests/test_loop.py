@@ -64,7 +64,11 @@ def test_votes_flow_into_the_next_retraining_and_the_gate_decides(tmp_path):
     votes = _cli("label", "simulate", "--model", "models:/fromscratch@champion", "--db", db, "--num-pairs", "60",
                  "--max-new-tokens", "24", "--prefer", "shorter", *_sets([f"storage.root={root}"]), cwd=tmp_path)
     assert votes.returncode == 0, votes.stdout[-3000:] + votes.stderr[-3000:]
-    assert "cast 60 votes over HTTP" in votes.stdout
+    import re
+
+    # pairs whose two samples came out identical are not stored, so count what was cast
+    cast = int(re.search(r"cast (\d+) votes over HTTP", votes.stdout).group(1))
+    assert 40 <= cast <= 60 and f"{cast} pairs, {cast} votes" in votes.stdout
 
     second = _cli("run", "--new-run-id", "loop2", *_sets([
         *base, "pretrain.init_from=champion", f"data.preferences.votes.source={db}",
@@ -74,7 +78,7 @@ def test_votes_flow_into_the_next_retraining_and_the_gate_decides(tmp_path):
 
     manifest = json.loads((root / "loop2" / "data" / "manifest.json").read_text())
     snap = manifest["preference"]["votes"]
-    assert snap["num_votes"] == 60 and snap["new_votes"] == 60 and snap["previous_watermark"] == 0
+    assert snap["num_votes"] == cast and snap["new_votes"] == cast and snap["previous_watermark"] == 0
     assert snap["leaked_votes_dropped"] == 0  # the labelling pool holds no held-out prompt
     assert len(snap["digest"]) == 64 and snap["heldout_pairs"] >= 1
 
@@ -89,7 +93,7 @@ def test_votes_flow_into_the_next_retraining_and_the_gate_decides(tmp_path):
     chain = json.loads(lineage.stdout)
     ppo = next(link for link in chain if link["stage"] == "ppo")
     assert ppo["reward_model"]["votes"]["digest"] == snap["digest"][:32]
-    assert ppo["reward_model"]["votes"]["sessions"][0]["votes"] == 60
+    assert ppo["reward_model"]["votes"]["sessions"][0]["votes"] == cast
     assert "champion reward model" in ppo["reward_model"]["params"]["init_from"]  # built on the last one
     # the walk goes on through the champion it started from, to random init
     assert chain[-1]["stage"] == "init"
