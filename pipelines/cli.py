@@ -253,6 +253,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
         print(f"      checkpoint: {link['checkpoint_uri']}")
         for ds in link["datasets"]:
             print(f"      dataset:    {ds}")
+        reward = link.get("reward_model")
+        if reward:  # a PPO policy: the reward model it was trained against, and the votes behind it
+            print(f"      ← reward model {reward['model_id']}  run {reward['source_run_id']}"
+                  + (f"  (init: {reward['params']['init_from']})" if reward["params"].get("init_from") else ""))
+            print(f"          checkpoint: {reward['checkpoint_uri']}")
+            votes = reward.get("votes")
+            if votes:
+                print(f"          ← votes snapshot {votes['digest']}  {votes['uri']}")
+                for session in votes["sessions"]:
+                    print(f"              ← labelling session {session['session'][:16]}: {session['votes']} votes "
+                          f"{session['first_vote'][:19]} .. {session['last_vote'][:19]}, models {', '.join(session['models'])}")
     return 0
 
 

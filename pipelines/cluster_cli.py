@@ -35,6 +35,13 @@ from components.common.config import Config, load_config
 # same with ``pretrain.init_from: champion``.
 FROM_CHAMPION_OVERRIDE = "pretrain.init_from=champion"
 
+# What ``--votes-secret NAME`` wires in: every task pod reads the labelling page's database URL
+# (and, for the chart's PostgreSQL, its password: libpq reads PGPASSWORD) from that Secret, and
+# data prep snapshots the votes through ``env:`` so the URL is never written into the compiled
+# pipeline, the preset or MLflow (components/data_prep/votes.py).
+VOTES_DB_ENV = "FROMSCRATCH_LABEL_DB"
+VOTES_SECRET_KEYS = {VOTES_DB_ENV: VOTES_DB_ENV, "PGPASSWORD": "PGPASSWORD"}
+
 _CRON_FIELD = re.compile(r"^[0-9A-Za-z*/,\-?#LW]+$")
 
 
@@ -172,7 +179,21 @@ def upload_version(client: Any, package: Path, pipeline_name: str, version_name:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.preset, list(args.set or []))
+    secret = getattr(args, "votes_secret", None)
+    sets = list(args.set or [])
+    if not secret:
+        return load_config(args.preset, sets)
+    return with_votes_secret(load_config(args.preset, [f"data.preferences.votes.source=env:{VOTES_DB_ENV}", *sets]), secret)
+
+
+def with_votes_secret(cfg: Config, secret: str) -> Config:
+    """``cfg`` whose task pods read the label database's URL and password from ``secret``."""
+    from components.common.config.kubernetes import SecretEnv
+
+    cfg.kubernetes.extra_secrets = [
+        *[s for s in cfg.kubernetes.extra_secrets if s.name != secret], SecretEnv(name=secret, keys=dict(VOTES_SECRET_KEYS)),
+    ]
+    return cfg
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -272,6 +293,12 @@ def add_cluster_commands(subparsers: Any) -> None:
         p.add_argument("--host", help="KFP API server (default: $KFP_HOST)")
         p.add_argument("--namespace", help="KFP namespace (default: kubernetes.namespace)")
         p.add_argument("-o", "--output", help="also keep the compiled YAML here")
+        p.add_argument(
+            "--votes-secret", metavar="SECRET",
+            help=f"people's votes in every run: task pods read {VOTES_DB_ENV} (the labelling page's database "
+            "URL) and PGPASSWORD from this Secret and data prep snapshots the votes when the run starts "
+            "(data.preferences.votes.source=env:FROMSCRATCH_LABEL_DB)",
+        )
 
     def run_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--param", action="append", metavar="NAME=VALUE", help="pipeline parameter; repeatable")

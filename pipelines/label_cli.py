@@ -40,8 +40,8 @@ def _serve_options(p: argparse.ArgumentParser, suppress: bool) -> None:
                    "without it the stored pairs are served")
     p.add_argument("--model-b", default=d(None), help="a second checkpoint: one reply from each (default: two samples of --model)")
     p.add_argument("--prompts", default=d(None), help="prompts file/folder/URI (.jsonl prompt/messages records or .txt lines)")
-    p.add_argument("--run-id", default=d(None), help="use this pipeline run's held-out preference prompts "
-                   "(default with a registry alias: the run that produced the model)")
+    p.add_argument("--run-id", default=d(None), help="use this pipeline run's labelling pool: its training prompts, none of them "
+                   "in any held-out suite (default with a registry alias: the run that produced the model)")
     p.add_argument("--num-pairs", type=int, default=d(50), help="at most this many prompts (default 50)")
     p.add_argument("--temperature", type=float, default=d(0.8), help="0 = greedy (default 0.8)")
     p.add_argument("--top-p", type=float, default=d(0.95))
@@ -101,24 +101,47 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace, repo) -> None:
     from components.common.tracking import resolve_tracking_uri
     from components.label.pairs import Sampling, generate_pairs, resolve_model
-    from components.label.prompts import heldout_prompts_uri, load_prompts
+    from components.label.prompts import label_pool, load_prompts
 
     cfg = _config(args)
     tracking = resolve_tracking_uri(cfg)
     model_a = resolve_model(args.model, tracking)
     model_b = resolve_model(args.model_b, tracking) if args.model_b else None
     prompts_uri = args.prompts
-    if not prompts_uri:
+    if prompts_uri:
+        prompts = load_prompts(prompts_uri)[: args.num_pairs]
+    else:
         run_id = args.run_id or model_a.run_id
         if not run_id:
             from components.common.errors import DataError
 
-            raise DataError("no prompts: pass --prompts FILE, or --run-id RUN for a run's held-out prompts")
-        prompts_uri = heldout_prompts_uri(cfg.storage.root, run_id)
-    prompts = load_prompts(prompts_uri)[: args.num_pairs]
+            raise DataError("no prompts: pass --prompts FILE, or --run-id RUN for a run's labelling pool")
+        pool, prompts_uri = label_pool(cfg.storage.root, run_id)
+        prompts = pool[: args.num_pairs]
     sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens, args.seed)
     key, n = generate_pairs(repo, prompts, model_a, model_b, sampling)
     print(f"pairs: {n} in batch {key[:12]} from {len(prompts)} prompts of {prompts_uri}")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Sample pairs (with --model), then let scripted people with a stated taste vote on them
+    through the real page on a loopback port."""
+    from components.label.repository import Repository
+    from components.label.simulate import label_pairs_over_http
+
+    db_url = args.db or os.environ.get(DB_ENV) or DEFAULT_DB
+    repo = Repository.from_url(db_url)
+    if args.model:
+        _generate(args, repo)
+    result = label_pairs_over_http(db_url, args.prefer, args.labelers)
+    counts = result.counts()
+    print(f"simulated labelers ({args.labelers}, prefer {args.prefer}) cast {len(result.votes)} votes over HTTP: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    for error in result.errors:
+        print(f"  error: {error}", file=sys.stderr)
+    progress = repo.progress("")
+    print(f"database {db_url}: {progress.total_pairs} pairs, {progress.total_votes} votes")
+    return 1 if result.errors else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -152,10 +175,18 @@ def add_label_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     _serve_options(label, suppress=False)
     label.set_defaults(fn=cmd_serve)
-    sub = label.add_subparsers(dest="label_command", metavar="{serve,export}")
+    sub = label.add_subparsers(dest="label_command", metavar="{serve,export,simulate}")
     serve = sub.add_parser("serve", help="sample pairs (with --model) and serve the page (the default)")
     _serve_options(serve, suppress=True)
     serve.set_defaults(fn=cmd_serve)
+    simulate = sub.add_parser(
+        "simulate", help="sample pairs (with --model) and let scripted labelers with a stated taste vote "
+        "through the real page on loopback (the one-machine loop)")
+    _serve_options(simulate, suppress=True)
+    simulate.add_argument("--prefer", choices=("shorter", "longer"), default="shorter",
+                          help="the simulated people's taste: the reply with fewer (more) words is better")
+    simulate.add_argument("--labelers", type=int, default=1, help="simulated people, each votes on every pair")
+    simulate.set_defaults(fn=cmd_simulate)
     export = sub.add_parser("export", help="write the votes as prompt/chosen/rejected JSONL and log it to MLflow")
     export.add_argument("--out", required=True, help="output file or URI (.jsonl); agreement goes beside it")
     export.add_argument("--db", default=None, help=f"SQLAlchemy URL (default ${DB_ENV} or {DEFAULT_DB})")

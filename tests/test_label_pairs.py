@@ -1,5 +1,6 @@
 """Pairs for the page: sampled from a tiny checkpoint (a folder, or a registry alias resolved
-through MLflow), on a prompt file or a run's held-out prompts, stored once per batch."""
+through MLflow), on a prompt file or a run's labelling pool (training prompts, none held out),
+stored once per batch."""
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def test_two_checkpoints_on_a_prompt_file(checkpoints, tmp_path, capsys):
     assert len(pairs_in(db)) == len(pairs)
 
 
-def test_registry_alias_and_the_runs_heldout_prompts(checkpoints, tmp_path, make_config):
+def test_registry_alias_and_the_runs_labelling_pool(checkpoints, tmp_path, make_config):
     from components.common.tracking import Tracker
     from components.data_prep.step import run_data_prep
     from components.evaluate.promotion import register
@@ -106,11 +107,16 @@ def test_registry_alias_and_the_runs_heldout_prompts(checkpoints, tmp_path, make
     code = cli_main(["label", "--model", "models:/fromscratch@champion", "--num-pairs", "4", "--max-new-tokens", "8",
                      "--db", db, "--no-serve", "--set", f"storage.root={cfg.storage.root}", "--set", f"tracking.uri={tracking}"])
     assert code == 0
-    heldout = load_prompts(manifest["preference"]["heldout"]["uri"])[:4]
+    from components.data_prep.votes import label_prompt_pool, manifest_heldout_keys, prompt_key
+
+    pool = label_prompt_pool(manifest)[:4]
     pairs = pairs_in(db)
-    assert pairs and {p.prompt_id for p in pairs} <= {h.id for h in heldout}
-    by_id = {h.id: h.messages for h in heldout}
+    assert pairs and {p.prompt_id for p in pairs} <= {str(r["id"]) for r in pool}
+    by_id = {str(r["id"]): r["prompt"] for r in pool}
     assert all(json.loads(p.prompt) == by_id[p.prompt_id] for p in pairs)
+    # no pair is on a prompt any evaluation suite holds out: votes on them cannot leak
+    held = manifest_heldout_keys(manifest)
+    assert held and not any(prompt_key(json.loads(p.prompt)) in held for p in pairs)
     assert all(p.model_a == p.model_b == "models:/fromscratch@champion" and p.checkpoint_a == a for p in pairs)
     sampling = json.loads(pairs[0].sampling)
     assert sampling == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 8, "seed": 0, "mode": "two samples"}

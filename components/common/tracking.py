@@ -33,6 +33,9 @@ TAG_STAGE = "fromscratch.stage"
 TAG_PARENT_MODEL = "fromscratch.parent_model_id"
 TAG_CHECKPOINT = "fromscratch.checkpoint_uri"
 TAG_DATASETS = "fromscratch.datasets"
+TAG_REWARD_MODEL = "fromscratch.reward_model_id"  # on a PPO policy: the reward model it was trained against
+VOTES_DATASET = "preference-votes"  # data_prep's votes snapshot (components/data_prep/votes.py)
+VOTES_SESSIONS_FILE = "votes.sessions.json"  # beside the snapshot: the labelling sessions
 PARENT_RUN_TAG = "mlflow.parentRunId"
 
 
@@ -219,6 +222,14 @@ class Tracker:
             )
         self.client.log_inputs(mlflow_run_id, datasets=inputs)
 
+    def log_model_inputs(self, mlflow_run_id: str, model_ids: list[str]) -> None:
+        """Record models a run used (e.g. the reward model PPO trained against) as its model inputs."""
+        from mlflow.entities import LoggedModelInput
+
+        ids = [m for m in model_ids if m]
+        if ids:
+            self.client.log_inputs(mlflow_run_id, models=[LoggedModelInput(m) for m in ids])
+
     def log_checkpoint(
         self,
         mlflow_run_id: str,
@@ -275,18 +286,46 @@ class Tracker:
                 # inputs (e.g. the preference run: SFT policy and reward model)
                 tagged = model.tags.get(TAG_PARENT_MODEL) or None
                 parent = tagged if tagged in model_inputs else (model_inputs[0] if model_inputs else None)
-            chain.append(
-                {
-                    "model_id": model.model_id,
-                    "stage": model.tags.get(TAG_STAGE, model.name),
-                    "checkpoint_uri": model.tags.get(TAG_CHECKPOINT, ""),
-                    "source_run_id": model.source_run_id,
-                    "datasets": datasets,
-                    "parent_model_id": parent,
-                }
-            )
+            link = {
+                "model_id": model.model_id,
+                "stage": model.tags.get(TAG_STAGE, model.name),
+                "checkpoint_uri": model.tags.get(TAG_CHECKPOINT, ""),
+                "source_run_id": model.source_run_id,
+                "datasets": datasets,
+                "parent_model_id": parent,
+            }
+            reward_id = model.tags.get(TAG_REWARD_MODEL)
+            if reward_id and run is not None and reward_id in [m.model_id for m in (run.inputs.model_inputs or [])]:
+                link["reward_model"] = self.reward_lineage(reward_id)
+            chain.append(link)
             current = parent
         return chain
+
+    def reward_lineage(self, model_id: str) -> dict[str, Any]:
+        """A reward model, the votes snapshot among its run's dataset inputs (digest, source)
+        and the labelling sessions that snapshot lists."""
+        import json
+
+        model = self.client.get_logged_model(model_id)
+        run = self.client.get_run(model.source_run_id)
+        out: dict[str, Any] = {
+            "model_id": model_id, "checkpoint_uri": model.tags.get(TAG_CHECKPOINT, ""),
+            "source_run_id": model.source_run_id, "params": {k: v for k, v in model.params.items() if k == "init_from"},
+            "votes": None,
+        }
+        for d in run.inputs.dataset_inputs:
+            if d.dataset.name != VOTES_DATASET:
+                continue
+            try:
+                uri = json.loads(d.dataset.source).get("uri") or json.loads(d.dataset.source).get("path", "")
+            except (ValueError, AttributeError):
+                uri = str(d.dataset.source)
+            votes: dict[str, Any] = {"digest": d.dataset.digest, "uri": uri, "sessions": []}
+            sessions_uri = storage.join(uri.rsplit("/", 1)[0], VOTES_SESSIONS_FILE) if uri else ""
+            if sessions_uri and storage.exists(sessions_uri):
+                votes["sessions"] = storage.read_json(sessions_uri)
+            out["votes"] = votes
+        return out
 
     def find_model(self, run_id: str, stage: str) -> str | None:
         """The newest ready LoggedModel of a stage in a pipeline run."""

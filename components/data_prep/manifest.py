@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from components.common import storage
-from components.common.tracking import DatasetRef
+from components.common.tracking import VOTES_DATASET, DatasetRef
 
 MANIFEST = "manifest.json"
 # The datasets a manifest lists, each with a train and a held-out split.
@@ -97,4 +97,7 @@ def dataset_refs(manifest: dict[str, Any], kinds: tuple[str, ...] | None = None)
                     context="evaluation" if split == "heldout" else "training",
                 )
             )
+        if kind == "preference" and "votes" in manifest[kind]:  # the votes snapshot the pairs came from
+            info = manifest[kind]["votes"]
+            refs.append(DatasetRef(name=VOTES_DATASET, uri=info["uri"], digest=info["digest"], context="training"))
     return refs

@@ -38,6 +38,7 @@ from components.data_prep.problems import to_record as problem_record
 from components.data_prep.sources import Unit, plan_units
 from components.data_prep.token_shards import pack, peak_rss_mb, scan
 from components.data_prep.tokenizer import train_tokenizer
+from components.data_prep.votes import collect_votes, combine, heldout_prompt_keys, write_votes
 from components.data_prep.world import World, build_world
 from components.common.start import resolve_start
 
@@ -262,6 +263,12 @@ def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
         raise DataError(f"instruction data has an empty {'train' if not sft_train else 'held-out'} split ({sft_source})")
     log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
     pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout)
+    votes = collect_votes(cfg, start, ctx.tracker.client, heldout_prompt_keys(
+        [e.prompt_messages for e in sft_heldout], [p.prompt for p in pref_heldout], [p.prompt for p in rlvr_heldout]))
+    if votes is not None:  # people's votes (components/data_prep/votes.py), combined as configured
+        vcfg = cfg.data.preferences.votes
+        pref_train, pref_heldout = combine(vcfg.mode, vcfg.weight, pref_train, pref_heldout, votes.pairs)
+        pref_source = f"votes of {votes.snapshot.source} ({vcfg.mode})" + ("" if vcfg.mode == "alone" else f" + {pref_source}")
     log.info("preference pairs: %d train / %d held-out from %s", len(pref_train), len(pref_heldout), pref_source)
     ideal_train = sft_train  # before the flaws: RLVR's instruction rows and the vocabulary use these
     worked = to_sft_examples(rlvr_train[:num_sft_problems])
@@ -328,6 +335,8 @@ def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
         uri = storage.join(out, "preference", f"{split}.jsonl")
         digest = _write_jsonl(uri, [pair_record(p) for p in pairs])
         preference[split] = {"uri": uri, "digest": digest, "num_examples": len(pairs)}
+    if votes is not None:
+        preference["votes"] = write_votes(storage.join(out, "preference"), votes)
     rlvr = {}
     for split, problems in (("train", rlvr_train), ("heldout", rlvr_heldout)):
         uri = storage.join(out, "rlvr", f"{split}.jsonl")
@@ -391,6 +400,8 @@ def run_data_prep(cfg: Config, run_id: str) -> dict[str, Any]:
                     "tokenize_tokens_per_s": manifest["corpus"]["tokens_per_s"],
                     "sft_train_examples": manifest["sft"]["train"]["num_examples"],
                     "rlvr_train_problems": manifest["rlvr"]["train"]["num_examples"],
+                    **{f"votes.{k}": v for k, v in manifest["preference"].get("votes", {}).items()
+                       if isinstance(v, int) and not isinstance(v, bool)},
                 },
             )
             ctx.tracker.log_params(ctx.mlflow_run_id, {"data_source": manifest["source"]})

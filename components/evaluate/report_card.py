@@ -136,6 +136,21 @@ def promotion_blocks(decision: dict[str, Any]) -> list[Block]:
     return blocks
 
 
+def votes_sentence(votes: dict[str, Any], rm: dict[str, Any]) -> str:
+    """What people's votes did in this run: the snapshot, the new votes, the leak check, and the
+    reward model on the newest voted pairs it did not train on."""
+    text = (
+        f"People's votes: snapshot {votes['digest'][:16]} of {votes['source']} up to vote {votes['watermark']}: "
+        f"{votes['num_votes']} votes, {votes['new_votes']} of them new since the run this one continued from "
+        f"(vote {votes['previous_watermark']}); {votes.get('leaked_votes_dropped', 0)} votes on held-out prompts "
+        f"dropped; {votes.get('train_pairs', 0)} voted pairs trained on, the newest {votes.get('heldout_pairs', 0)} held out."
+    )
+    if "accuracy.votes" in rm:
+        text += (f" The reward model ranks {rm['accuracy.votes']:.0%} of those {int(rm.get('pairs.votes', 0))} "
+                 "newest voted pairs the way people voted.")
+    return text
+
+
 def card_blocks(
     results: dict[str, Any], plots: dict[str, bytes], promotion: dict[str, Any] | None
 ) -> list[Block]:
@@ -173,6 +188,9 @@ def card_blocks(
                      "(the reward model can only tell a wrong answer from the right one where its backbone knows it)."),
                 TableBlock(by_group, "metrics"),
             ]
+    votes = results.get("reward_model", {}).get("votes")
+    if votes:
+        blocks.append(Para(votes_sentence(votes, rm)))
     blocks.append(Heading("Training curves"))
     curves = [name for name in plots if name != NEXT_TOKEN_PLOT]
     if curves:

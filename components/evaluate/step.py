@@ -227,6 +227,8 @@ def run_evaluate(
             log.info("loading the reward model and the SFT baseline for the preference suite")
             rm_metrics = _preference_suites(cfg, manifest, suites, reward_model, checkpoints["sft"])
             results["reward_model"] = {"metrics": rm_metrics, "checkpoint_uri": reward_model}
+            if "votes" in manifest["preference"]:  # people's votes it was trained on (data_prep's snapshot)
+                results["reward_model"]["votes"] = manifest["preference"]["votes"]
             log.info("reward model: pairwise accuracy %.3f on held-out pairs", rm_metrics["pairwise_accuracy"])
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"reward_model.{k}": v for k, v in rm_metrics.items()})
         digests = suite_digests(cfg, suites)

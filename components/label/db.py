@@ -38,6 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from components.data_prep.votes import PAIRS_TABLE, VOTES_TABLE
 from components.label.settings import CHOICES
 
 
@@ -50,7 +51,7 @@ class Base(DeclarativeBase):
 
 
 class Pair(Base):
-    __tablename__ = "label_pairs"
+    __tablename__ = PAIRS_TABLE
     __table_args__ = (UniqueConstraint("batch", "position", name="uq_pair_batch_position"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -73,7 +74,7 @@ class Pair(Base):
 
 
 class Vote(Base):
-    __tablename__ = "label_votes"
+    __tablename__ = VOTES_TABLE
     __table_args__ = (
         UniqueConstraint("pair_id", "labeler", name="uq_vote_pair_labeler"),
         UniqueConstraint("nonce", name="uq_vote_nonce"),

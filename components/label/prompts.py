@@ -1,4 +1,9 @@
-"""Prompts to label: a user's file/URI, or the held-out preference prompts of a pipeline run.
+"""Prompts to label: a user's file/URI, or a pipeline run's labelling pool.
+
+The pool (``label_pool``) is the run's SFT *training* prompts minus every prompt held out by
+any evaluation suite (``components/data_prep/votes.py``): votes on it can flow into the next
+run's training without leaking into its evaluation. (The next run's data prep checks it again
+and drops any vote on a held-out prompt.)
 
 Accepted records, one per line of a ``.jsonl`` file (mixable):
 
@@ -77,13 +82,29 @@ def load_prompts(uri: str) -> list[Prompt]:
     return prompts
 
 
-def heldout_prompts_uri(storage_root: str, run_id: str) -> str:
-    """Where data_prep wrote a run's held-out preference pairs (their prompts are the ones
-    the reward model is evaluated on)."""
+def _run_manifest(storage_root: str, run_id: str) -> dict[str, Any]:
     from components.data_prep.manifest import MANIFEST, data_uri
 
     data = data_uri(storage.join(storage.normalize(storage_root), run_id))
     manifest = storage.join(data, MANIFEST)
     if not storage.exists(manifest):
         raise DataError(f"run {run_id} has no data_prep output at {data}; pass --prompts instead")
-    return storage.read_json(manifest)["preference"]["heldout"]["uri"]
+    return storage.read_json(manifest)
+
+
+def label_pool(storage_root: str, run_id: str) -> tuple[list[Prompt], str]:
+    """A run's labelling pool (training prompts disjoint from every held-out suite) and a
+    description of where it came from."""
+    from components.data_prep.votes import label_prompt_pool
+
+    manifest = _run_manifest(storage_root, run_id)
+    pool = [Prompt(str(r["id"]), r["prompt"]) for r in label_prompt_pool(manifest)]
+    if not pool:
+        raise DataError(f"run {run_id}: no training prompt is free of the held-out suites; pass --prompts")
+    return pool, f"the labelling pool of run {run_id} (training prompts, none held out)"
+
+
+def heldout_prompts_uri(storage_root: str, run_id: str) -> str:
+    """Where data_prep wrote a run's held-out preference pairs. Not a default for labelling any
+    more (votes on them would leak into training); kept for ``--prompts`` users who want them."""
+    return _run_manifest(storage_root, run_id)["preference"]["heldout"]["uri"]

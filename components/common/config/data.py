@@ -70,6 +70,37 @@ class PreferenceDataConfig(Strict):
         default=False,
         description="With sources set: add the generated pairs too (e.g. labelled pairs mixed with generated ones).",
     )
+    votes: "VotesConfig" = Field(
+        default_factory=lambda: VotesConfig(), description="Votes read from the labelling page's database or exports."
+    )
+
+
+class VotesConfig(Strict):
+    """People's votes from the labelling page as a versioned dataset: data prep snapshots them
+    as of the moment the run starts (vote-id watermark), drops any vote on a held-out prompt,
+    holds the newest out for evaluation and combines the rest with the other pairs."""
+
+    source: str = Field(
+        default="",
+        description="Where the votes are: a label database URL (sqlite:///file.db, postgresql://...), "
+        "'env:NAME' to read that URL from environment variable NAME at run time (a Secret on a cluster; "
+        "the URL, password included, then never lands in the preset or MLflow), or a folder / s3:// "
+        "prefix of `fromscratch label export` JSONL files. Empty = no votes.",
+    )
+    mode: Literal["alone", "mixed", "weighted"] = Field(
+        default="mixed",
+        description="How votes combine with the generated or user pairs: alone (votes only), mixed "
+        "(votes added to the other pairs), weighted (like mixed, each voted pair repeated `weight` times).",
+    )
+    weight: int = Field(default=1, ge=1, le=100, description="Copies of each voted training pair with mode=weighted.")
+    heldout_fraction: float = Field(
+        default=0.2, ge=0, lt=1,
+        description="Share of voted pairs, the newest by vote id, held out (never trained on) to measure "
+        "the reward model on the newest votes.",
+    )
+    min_pairs: int = Field(
+        default=0, ge=0, description="Fail data prep when the snapshot yields fewer usable voted pairs than this."
+    )
 
 
 class ProblemDataConfig(Strict):

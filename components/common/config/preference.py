@@ -20,6 +20,12 @@ class RewardModelConfig(TrainerSettings):
     warmup_steps: WarmupSteps = 10
     max_length: MaxLength = 256
     log_every: LogEvery = 20
+    continue_from_champion: bool = Field(
+        default=True,
+        description="When the run starts from the champion (pretrain.init_from=champion), train the reward "
+        "model on from the champion run's reward model (where its shape fits the preset) instead of a "
+        "fresh head on the SFT checkpoint.",
+    )
 
 
 class PPOHyperparams(Strict):
