@@ -30,6 +30,7 @@ from components.data_prep.preferences import PreferencePair
 from components.data_prep.preferences import from_record as pair_from_record
 from components.evaluate.instruct import score_instructions
 from components.evaluate.copying import in_context_copying
+from components.evaluate.benchmarks import data_notes, prepare_for_run, run_benchmarks
 from components.evaluate.intervals import change_metrics
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_metrics, sample_replies
@@ -151,11 +152,15 @@ def run_evaluate(
             log.info("reward model: pairwise accuracy %.3f on held-out pairs", rm_metrics["pairwise_accuracy"])
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"reward_model.{k}": v for k, v in rm_metrics.items()})
         previous: dict[str, list[float]] | None = None
+        bench = prepare_for_run(cfg.evaluate.benchmarks, data, storage.join(ctx.run_uri, "eval"))
+        results["data_notes"] = data_notes(manifest)  # a list: not a stage column
         for name, uri in checkpoints.items():
             log.info("evaluating %s (%s)", name, uri)
             results[name] = evaluate_checkpoint(cfg, uri, suites)
             results[name]["checkpoint_uri"] = uri
             metrics = results[name]["metrics"]
+            if bench is not None:  # standard benchmarks (lm-eval), bench.<task>.<metric>
+                metrics.update(run_benchmarks(cfg.evaluate.benchmarks, bench[0], uri, name))
             verdicts = results[name]["verdicts"]
             if previous is not None:  # what this stage bought over the one before, item by item
                 for key, after in verdicts.items():
