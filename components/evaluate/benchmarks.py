@@ -240,23 +240,30 @@ def checkpoint_lm(model: Any, tokenizer: Any, batch_size: int, max_gen_tokens: i
 
         @torch.no_grad()
         def generate_until(self, requests: list[Any]) -> list[str]:
-            replies = []
-            for request in requests:
-                context, kwargs = request.args
-                until = kwargs.get("until") or []
-                until = [until] if isinstance(until, str) else list(until)
-                budget = int(kwargs.get("max_gen_toks", max_gen_tokens))
-                ids = self._encode(context)[-(self.max_length - budget):] or [self.prefix]
-                prompt = torch.tensor([ids], device=self.device_)
-                new = self.model.generate(
-                    prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=min(budget, max_gen_tokens),
-                    do_sample=False, pad_token_id=self.tokenizer.pad_token_id,
-                )[0, len(ids):]
-                text = self.tokenizer.decode(new, skip_special_tokens=True)
-                for stop in until:
-                    if stop and stop in text:
-                        text = text[: text.index(stop)]
-                replies.append(text)
+            """Greedy replies, ``batch_size`` prompts at a time (left-padded), cut at the stops."""
+            replies: list[str] = []
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.prefix
+            for start in range(0, len(requests), batch_size):
+                chunk = [r.args for r in requests[start : start + batch_size]]
+                budget = min(max(int(kw.get("max_gen_toks", max_gen_tokens)) for _, kw in chunk), max_gen_tokens)
+                prompts = [(self._encode(ctx) or [self.prefix])[-(self.max_length - budget):] for ctx, _ in chunk]
+                width = max(len(p) for p in prompts)
+                ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for row, prompt in enumerate(prompts):
+                    ids[row, width - len(prompt):] = torch.tensor(prompt)
+                    mask[row, width - len(prompt):] = 1
+                out = self.model.generate(
+                    ids.to(self.device_), attention_mask=mask.to(self.device_), max_new_tokens=budget,
+                    do_sample=False, pad_token_id=pad,
+                )[:, width:]
+                for (_, kwargs), new in zip(chunk, out):
+                    text = self.tokenizer.decode(new, skip_special_tokens=True)
+                    until = kwargs.get("until") or []
+                    for stop in [until] if isinstance(until, str) else until:
+                        if stop and stop in text:
+                            text = text[: text.index(stop)]
+                    replies.append(text)
             return replies
 
     return CheckpointLM()
