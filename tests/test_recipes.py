@@ -293,3 +293,70 @@ def test_recipes_validate_in_the_presets():
             "hellaswag", "arc", "piqa", "lambada", "gsm8k"}
     with pytest.raises(Exception, match="exactly one of 'uri' or 'hf_dataset'"):
         DatasetRecipe(split="train")
+
+
+# -- a user corpus without instruction data ----------------------------------------------------------
+def _newcomer_files(tmp_path: Path) -> tuple[Path, Path, Path]:
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(
+        f"Paragraph {i}: the river carries water from the hills to the sea, and town {i % 9} lies beside it."
+        for i in range(300)))
+    pairs = _noisy_hh(tmp_path)
+    problems = tmp_path / "gsm8k_train.jsonl"
+    problems.write_text("".join(
+        json.dumps({"question": f"Tom has {i} pens and buys 3 more. How many pens?",
+                    "answer": f"Tom has {i}+3=<<{i}+3={i + 3}>>{i + 3} pens.\n#### {i + 3}"}) + "\n" for i in range(60)))
+    return corpus, pairs, problems
+
+
+def test_user_corpus_sft_falls_back_to_chosen_replies_and_says_so(make_config, tmp_path):
+    from components.common import storage
+    from components.data_prep.step import run_data_prep
+
+    corpus, pairs, problems = _newcomer_files(tmp_path)
+    cfg = make_config(
+        f"data.sources=[{{uri: '{corpus}'}}]", "data.vocab_size=400",
+        f"data.preferences.sources=['{pairs}']", "data.preferences.on_malformed=skip",
+        f"data.problems.sources=['{problems}']",
+    )
+    manifest = run_data_prep(cfg, "newcomer")
+    source = manifest["sft"]["source"]
+    assert source.startswith(f"fallback chosen_replies: prompts and chosen replies of {pairs}")
+    assert "worked problems of" in source
+    sft = storage.read_jsonl(manifest["sft"]["train"]["uri"])
+    assert not any("Ashford" in json.dumps(r) for r in sft)  # nothing about the generated world
+    assert any(r["messages"][-1]["content"] == "Put them in boiling water for 9 minutes." for r in sft)
+    skipped = manifest["skipped"]["preference"]
+    assert (skipped["records"], skipped["malformed"], skipped["by_rule"]) == (100, 1, {DIVERGENT_RULE: 1})
+    assert skipped["first"][0] == f"{pairs}:11: the chosen reply is empty"
+
+
+def test_user_corpus_without_instruction_data_can_refuse(make_config, tmp_path):
+    from components.data_prep.step import run_data_prep
+
+    corpus, pairs, _ = _newcomer_files(tmp_path)
+    cfg = make_config(f"data.sources=[{{uri: '{corpus}'}}]", "data.vocab_size=400", "data.instructions.fallback=refuse")
+    with pytest.raises(DataError) as err:
+        run_data_prep(cfg, "refused")
+    assert str(err.value).startswith(
+        f"no instruction data for SFT: data.instructions.sources is empty while the pre-training corpus is your "
+        f"own ({corpus}), and the generated tasks ask about a world this model never read "
+        "(data.instructions.fallback is 'refuse')."[:-1]
+    )
+    # the default fallback needs preference data: without it, the same refusal says so
+    cfg = make_config(f"data.sources=[{{uri: '{corpus}'}}]", "data.vocab_size=400")
+    with pytest.raises(DataError, match="the fallback 'chosen_replies' needs data.preferences.sources"):
+        run_data_prep(cfg, "refused2")
+
+
+def test_malformed_record_error_names_the_setting_that_skips_it(make_config, tmp_path):
+    from components.data_prep.step import run_data_prep
+
+    corpus, pairs, problems = _newcomer_files(tmp_path)
+    cfg = make_config(f"data.preferences.sources=['{pairs}']")
+    with pytest.raises(DataError) as err:
+        run_data_prep(cfg, "noisy")
+    assert str(err.value) == (
+        f"{pairs}:11: the chosen reply is empty (to skip such records, up to a share, set "
+        "data.preferences.on_malformed=skip and data.preferences.max_skip_share)"
+    )

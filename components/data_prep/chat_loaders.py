@@ -228,7 +228,7 @@ def load_instruction_sources(uris: list[str]) -> list[Example]:
 
 
 def read_instruction_sources(
-    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0
+    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0, hint: str | None = None
 ) -> tuple[list[Example], SkipReport]:
     """All examples of ``sources`` (URIs or ``DatasetRecipe``s: hub datasets in ``messages``
     form such as SmolTalk or UltraChat, or mirrors of them; compressed files and Parquet too)
@@ -239,4 +239,4 @@ def read_instruction_sources(
         family = getattr(source, "family", None)
         return dataclasses.replace(example, family=family) if family else example
 
-    return collect(sources, convert, "instruction data", on_malformed, max_skip_share)
+    return collect(sources, convert, "instruction data", on_malformed, max_skip_share, hint)

@@ -272,7 +272,8 @@ DIVERGENT_RULE = "transcripts differ before the last reply"
 
 
 def read_preference_sources(
-    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0, divergent_pairs: str = "skip"
+    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0, divergent_pairs: str = "skip",
+    hint: str | None = None,
 ) -> tuple[list[PreferencePair], SkipReport]:
     """All pairs of ``sources`` (URIs or ``DatasetRecipe``s: UltraFeedback binarized's
     prompt/chosen/rejected message lists, Anthropic HH's Human/Assistant transcripts as
@@ -292,4 +293,4 @@ def read_preference_sources(
         family = getattr(source, "family", None)
         return dataclasses.replace(pair, family=family) if family else pair
 
-    return collect(sources, convert, "preference data", on_malformed, max_skip_share)
+    return collect(sources, convert, "preference data", on_malformed, max_skip_share, hint)

@@ -244,7 +244,7 @@ def _boxed_record(value: Any, error: Error) -> dict[str, Any]:
 
 
 def read_problem_sources(
-    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0
+    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0, hint: str | None = None
 ) -> tuple[list[Problem], SkipReport]:
     """All problems of ``sources`` (URIs or ``DatasetRecipe``s: GSM8K's question/answer with
     ``#### n``, MATH's problem/solution with ``answer_format: boxed``, or mirrors of them) under
@@ -264,4 +264,4 @@ def read_problem_sources(
         seen[problem.id] = record.where
         return problem
 
-    return collect(sources, convert, "problem data", on_malformed, max_skip_share)
+    return collect(sources, convert, "problem data", on_malformed, max_skip_share, hint)

@@ -308,12 +308,14 @@ def collect(
     what: str,
     on_malformed: str = "error",
     max_skip_share: float = 0.0,
+    hint: str | None = None,
 ) -> tuple[list[T], SkipReport]:
     """``convert(record, source)`` of every record of ``sources`` under the malformed-record policy.
 
     ``convert`` raises ``DataError`` for a malformed record and ``Skip`` for one a rule leaves
     out. Errors about the storage or a whole file (cannot access, no records, not Parquet) are
-    never skipped: they are not noise in the data.
+    never skipped: they are not noise in the data. ``hint`` (e.g. "data.preferences") names
+    the setting that would skip a malformed record, in the error that stops at one.
     """
     sources = list(sources)
     if not sources:
@@ -332,6 +334,11 @@ def collect(
                 report.note(f"{record.where}: {skip} ({skip.rule})")
             except DataError as err:
                 if on_malformed != "skip":
+                    if hint:
+                        raise DataError(
+                            f"{err} (to skip such records, up to a share, set {hint}.on_malformed=skip "
+                            f"and {hint}.max_skip_share)"
+                        ) from err
                     raise
                 report.malformed += 1
                 report.note(str(err))

@@ -103,7 +103,7 @@ def _instructions(
     if icfg.sources:
         from components.data_prep.chat_loaders import read_instruction_sources
 
-        examples, report = read_instruction_sources(icfg.sources, icfg.on_malformed, icfg.max_skip_share)
+        examples, report = read_instruction_sources(icfg.sources, icfg.on_malformed, icfg.max_skip_share, "data.instructions")
         _note_skips(skips, "sft", report)
         train, heldout = _split_user_records(examples, icfg.heldout_fraction, cfg.seed, "instruction data", icfg.sources)
         return train, heldout, _sources_text(icfg.sources)
@@ -170,7 +170,7 @@ def _problems(cfg: Config, world: World, skips: dict[str, Any] | None = None) ->
     if pcfg.sources:
         from components.data_prep.problem_loaders import read_problem_sources
 
-        problems, report = read_problem_sources(pcfg.sources, pcfg.on_malformed, pcfg.max_skip_share)
+        problems, report = read_problem_sources(pcfg.sources, pcfg.on_malformed, pcfg.max_skip_share, "data.problems")
         _note_skips(skips, "rlvr", report)
         train, heldout = _split_user_records(problems, pcfg.heldout_fraction, cfg.seed, "problem data", pcfg.sources)
         return train, heldout, _sources_text(pcfg.sources)
@@ -215,7 +215,9 @@ def _user_preferences(cfg: Config, skips: dict[str, Any] | None = None) -> tuple
     from components.data_prep.preference_loaders import read_preference_sources
 
     pcfg = cfg.data.preferences
-    pairs, report = read_preference_sources(pcfg.sources, pcfg.on_malformed, pcfg.max_skip_share, pcfg.divergent_pairs)
+    pairs, report = read_preference_sources(
+        pcfg.sources, pcfg.on_malformed, pcfg.max_skip_share, pcfg.divergent_pairs, "data.preferences"
+    )
     _note_skips(skips, "preference", report)
     train, heldout = _split_user_records(pairs, pcfg.heldout_fraction, cfg.seed, "preference data", pcfg.sources)
     return train, heldout, _sources_text(pcfg.sources)
