@@ -329,6 +329,18 @@ def test_user_corpus_sft_falls_back_to_chosen_replies_and_says_so(make_config, t
     skipped = manifest["skipped"]["preference"]
     assert (skipped["records"], skipped["malformed"], skipped["by_rule"]) == (100, 1, {DIVERGENT_RULE: 1})
     assert skipped["first"][0] == f"{pairs}:11: the chosen reply is empty"
+    # and the report card's Data section says both
+    from components.evaluate.benchmarks import data_notes
+    from components.evaluate.report_card import build_report_card
+
+    notes = data_notes(manifest)
+    assert notes[0] == f"SFT data: {source}"
+    assert notes[-1] == (
+        f"preference data: 1 malformed records skipped and 1 by the rule '{DIVERGENT_RULE}', of 100 read; "
+        f"the first: {pairs}:11: the chosen reply is empty; {skipped['first'][1]}"
+    )
+    card = build_report_card({"data_notes": notes, "init": {"metrics": {"perplexity": 9.0}}}).markdown
+    assert "## Data" in card and f"SFT data: {source}" in card
 
 
 def test_user_corpus_without_instruction_data_can_refuse(make_config, tmp_path):
