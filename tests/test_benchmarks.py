@@ -127,7 +127,11 @@ def test_lm_eval_inside_the_evaluate_stage_on_local_copies(make_config, tmp_path
         assert low < 0 < high, (task, metrics[f"bench.{task}.acc_centered"])  # random init: at chance
         assert abs(metrics[f"bench.{task}.acc_centered"]) < 0.25
     assert metrics["bench.heldout_text.bits_per_byte"] > 1.0  # random init knows nothing of the text
+    # results map checkpoints to their metrics (the KFP wrapper and others read them so); the data
+    # notes go on the card only
+    assert all(isinstance(v, dict) for v in out["results"].values())
     card = out["markdown"]
+    assert "## Data" in card and "SFT data: generated tasks" in card
     assert "## Standard benchmarks (lm-eval)" in card
     assert "arc_easy: centered accuracy (chance = 0)" in card and "piqa: accuracy" in card
     assert "heldout_text: bits per byte" in card

@@ -153,7 +153,6 @@ def run_evaluate(
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"reward_model.{k}": v for k, v in rm_metrics.items()})
         previous: dict[str, list[float]] | None = None
         bench = prepare_for_run(cfg.evaluate.benchmarks, data, storage.join(ctx.run_uri, "eval"))
-        results["data_notes"] = data_notes(manifest)  # a list: not a stage column
         for name, uri in checkpoints.items():
             log.info("evaluating %s (%s)", name, uri)
             results[name] = evaluate_checkpoint(cfg, uri, suites)
@@ -184,7 +183,9 @@ def run_evaluate(
             (model_ids or {}).get(final), results[final]["metrics"],
         )
         curves = stage_curves(ctx.tracker.client, ctx.tracker.experiment_id, run_id)
-        card = build_report_card(results, curves, promotion, run_id)
+        # the data notes (sources, fallbacks, skipped records) go on the card only: ``results``
+        # maps checkpoints to their metrics, and its readers rely on that
+        card = build_report_card({**results, "data_notes": data_notes(manifest)}, curves, promotion, run_id)
         paths = publish_report_card(card, out, ctx.tracker.client, ctx.mlflow_run_id)
         return {
             "results": results, "markdown": card.markdown, "html": card.html, "eval_uri": out,
