@@ -113,10 +113,12 @@ def _user_corpus(tmp_path, lines):
 def test_user_jsonl_corpus(make_config, tmp_path):
     docs = [json.dumps({"text": f"Document {i} says the sky over town {i % 7} is blue today."}) for i in range(300)]
     path = _user_corpus(tmp_path, docs)
-    cfg = make_config(f"data.sources=[{{uri: '{path}'}}]", "data.vocab_size=400")
+    # no instruction data for a user corpus: the generated tasks only when asked for by name
+    cfg = make_config(f"data.sources=[{{uri: '{path}'}}]", "data.vocab_size=400", "data.instructions.fallback=generated")
     manifest = run_data_prep(cfg, "user")
     assert manifest["source"] == str(path)
     assert manifest["pretrain"]["heldout"]["num_blocks"] >= 1
+    assert manifest["sft"]["source"].startswith("fallback generated: tasks about the generated world")
 
 
 def test_missing_corpus_path_is_named(make_config, tmp_path):

@@ -18,6 +18,7 @@ the 1-based line, so a user can fix record 70,312 without bisecting the file.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import re
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from components.common.errors import DataError, at
 from components.data_prep.instructions import ROLES, Example
+from components.data_prep.records import SkipReport, collect
 from components.data_prep.loaders import (
     _display,
     _field_of,
@@ -223,3 +225,18 @@ def load_instruction_file(uri: str) -> list[Example]:
 def load_instruction_sources(uris: list[str]) -> list[Example]:
     """All records of ``uris`` in the order given; each URI as in ``load_instruction_file``."""
     return load_each_source(uris, load_instruction_file, "instruction data")
+
+
+def read_instruction_sources(
+    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0, hint: str | None = None
+) -> tuple[list[Example], SkipReport]:
+    """All examples of ``sources`` (URIs or ``DatasetRecipe``s: hub datasets in ``messages``
+    form such as SmolTalk or UltraChat, or mirrors of them; compressed files and Parquet too)
+    under the malformed-record policy (``records.collect``)."""
+
+    def convert(record: Any, source: Any) -> Example:
+        example = _to_example(record.value, record.default_id, record.error)
+        family = getattr(source, "family", None)
+        return dataclasses.replace(example, family=family) if family else example
+
+    return collect(sources, convert, "instruction data", on_malformed, max_skip_share, hint)

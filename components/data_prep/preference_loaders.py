@@ -22,6 +22,7 @@ user can fix record 70,312 without bisecting the file.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any, Callable
 
@@ -36,6 +37,7 @@ from components.data_prep.loaders import (
 )
 from components.data_prep.chat_loaders import chat_turns
 from components.data_prep.preferences import PreferencePair
+from components.data_prep.records import Skip, SkipReport, collect
 
 DEFAULT_FAMILY = "user"
 KIND = "user"  # PreferencePair.kind for data we did not generate: why rejected loses is unknown
@@ -58,6 +60,12 @@ _TRANSCRIPT_TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):")
 _TRANSCRIPT_ROLES = {"Human": "user", "Assistant": "assistant"}
 
 Error = Callable[[str], DataError]
+
+
+class DivergentPair(DataError):
+    """Two transcripts that differ before the last reply: they answer different conversations."""
+
+
 Messages = list[dict[str, str]]
 
 
@@ -157,11 +165,11 @@ def _split_shared(chosen: Messages, rejected: Messages, error: Error) -> tuple[M
             (k for k, (a, b) in enumerate(zip(prompt_c, prompt_r), start=1) if a != b),
             min(len(prompt_c), len(prompt_r)) + 1,
         )
-        raise error(
+        raise DivergentPair(str(error(
             "chosen and rejected do not share the same conversation before the last reply "
             f"(they first differ at turn {differ}; chosen has {len(prompt_c)} turns before "
             f"its reply, rejected {len(prompt_r)})"
-        )
+        )))
     if not prompt_c:
         raise error("the conversation has nothing before the reply, so there is no prompt")
     return prompt_c, chosen[-1]["content"].strip(), rejected[-1]["content"].strip()
@@ -258,3 +266,31 @@ def load_preference_file(uri: str) -> list[PreferencePair]:
 def load_preference_sources(uris: list[str]) -> list[PreferencePair]:
     """All pairs of ``uris`` in the order given; each URI as in ``load_preference_file``."""
     return load_each_source(uris, load_preference_file, "preference data")
+
+
+DIVERGENT_RULE = "transcripts differ before the last reply"
+
+
+def read_preference_sources(
+    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0, divergent_pairs: str = "skip",
+    hint: str | None = None,
+) -> tuple[list[PreferencePair], SkipReport]:
+    """All pairs of ``sources`` (URIs or ``DatasetRecipe``s: UltraFeedback binarized's
+    prompt/chosen/rejected message lists, Anthropic HH's Human/Assistant transcripts as
+    downloaded (``.jsonl.gz``), or mirrors of them) under the malformed-record policy.
+
+    ``divergent_pairs="skip"`` leaves out, by that rule, a transcript pair whose two sides
+    differ before the last reply (counted apart from malformed records); ``error`` stops there.
+    """
+
+    def convert(record: Any, source: Any) -> PreferencePair:
+        try:
+            pair = _to_pair(record.value, record.default_id, record.error)
+        except DivergentPair as err:
+            if divergent_pairs != "skip":
+                raise
+            raise Skip(DIVERGENT_RULE, str(err).removeprefix(f"{record.where}: ")) from None
+        family = getattr(source, "family", None)
+        return dataclasses.replace(pair, family=family) if family else pair
+
+    return collect(sources, convert, "preference data", on_malformed, max_skip_share, hint)

@@ -22,6 +22,7 @@ and every problem in the data is a ``DataError`` starting with ``file:line:``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -39,6 +40,7 @@ from components.data_prep.loaders import (
 from components.data_prep.preference_loaders import _optional_str
 from components.data_prep.problems import Problem, final_sentence
 from components.common.answer_format import normalize_number
+from components.data_prep.records import Skip, SkipReport, collect
 
 DEFAULT_FAMILY = "user"
 ACCEPTED_FORMATS = (
@@ -181,3 +183,85 @@ def load_problem_sources(uris: list[str]) -> list[Problem]:
     """All problems of ``uris`` in the order given, ids unique across all of them."""
     seen: dict[str, str] = {}
     return load_each_source(uris, lambda uri: load_problem_file(uri, seen), "problem data")
+
+
+NOT_NUMERIC_RULE = "answer is not a number the verifier can check"
+_LEVEL = re.compile(r"Level\s*(\d+)")
+_FRAC = re.compile(r"\\[dt]?frac\{(-?\d+)\}\{(\d+)\}")
+
+
+def last_boxed(text: str) -> str | None:
+    """The contents of the last ``\\boxed{...}`` (or ``\\fbox{...}``) of a MATH solution,
+    braces balanced, or None."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    brace = text.find("{", start)
+    if brace < 0:
+        return None
+    depth = 0
+    for pos in range(brace, len(text)):
+        if text[pos] == "{":
+            depth += 1
+        elif text[pos] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[brace + 1 : pos]
+    return None
+
+
+def _latex_number(text: str) -> str | None:
+    """A boxed answer as a number the verifiers compare, or None: ``\\frac{3}{4}`` -> 3/4,
+    ``-\\dfrac{1}{2}`` -> -1/2, ``1{,}000`` -> 1000, ``5^\\circ`` / ``\\$5`` / ``5\\%`` -> 5."""
+    s = text.strip().replace("{,}", ",").replace("\\!", "").replace("\\$", "").replace("$", "")
+    s = re.sub(r"\^\{?\\circ\}?|\\%|%|\\text\{[^}]*\}|\\mbox\{[^}]*\}", "", s).strip()
+    s = _FRAC.sub(lambda m: f"{m.group(1)}/{m.group(2)}", s)
+    s = s.replace(" ", "") if re.fullmatch(r"[-+]?\s*[\d./,]+", s) else s
+    return normalize_number(s)
+
+
+def _boxed_record(value: Any, error: Error) -> dict[str, Any]:
+    """A MATH record (``problem``/``solution``/``level``/``type``, the problem mapped to
+    ``question``) as a layout-1 record: the answer from the solution's last ``\\boxed{}``,
+    the difficulty from its level. A boxed answer that is not a number (an expression, an
+    interval) is left out by rule: the RLVR verifiers compare numbers."""
+    if not isinstance(value, dict):
+        raise error(f"expected a JSON object, got {type(value).__name__}")
+    solution = _field_of(value, "solution", error)
+    boxed = last_boxed(solution)
+    if boxed is None:
+        raise error("field 'solution' has no \\boxed{...} answer")
+    answer = _latex_number(boxed)
+    if answer is None:
+        raise Skip(NOT_NUMERIC_RULE, f"boxed answer {boxed.strip()[:40]!r}")
+    record = {k: v for k, v in value.items() if k not in ("level", "type")}
+    record["answer"] = answer
+    level = value.get("level")
+    match = _LEVEL.search(level) if isinstance(level, str) else None
+    if match:
+        record["difficulty"] = max(1, int(match.group(1)))
+    return record
+
+
+def read_problem_sources(
+    sources: list[Any], on_malformed: str = "error", max_skip_share: float = 0.0, hint: str | None = None
+) -> tuple[list[Problem], SkipReport]:
+    """All problems of ``sources`` (URIs or ``DatasetRecipe``s: GSM8K's question/answer with
+    ``#### n``, MATH's problem/solution with ``answer_format: boxed``, or mirrors of them) under
+    the malformed-record policy; ids unique across all of them."""
+    seen: dict[str, str] = {}
+
+    def convert(record: Any, source: Any) -> Problem:
+        value = record.value
+        if getattr(source, "answer_format", "auto") == "boxed":
+            value = _boxed_record(value, record.error)
+        problem = _to_problem(value, record.default_id, record.error)
+        family = getattr(source, "family", None)
+        if family:
+            problem = dataclasses.replace(problem, family=family)
+        if problem.id in seen:
+            raise record.error(f"duplicate id '{problem.id}' (first used at {seen[problem.id]})")
+        seen[problem.id] = record.where
+        return problem
+
+    return collect(sources, convert, "problem data", on_malformed, max_skip_share, hint)

@@ -108,27 +108,95 @@ def _task_world(cfg: Config, world: dict[str, Any] | None) -> World:
     return World.from_dict(world) if world else build_world(cfg.seed, cfg.data.generated.num_people)
 
 
-def _instructions(cfg: Config, world: World, num_problems: int = 0) -> tuple[list[Example], list[Example], str]:
+def _instructions(
+    cfg: Config,
+    world: World,
+    num_problems: int = 0,
+    skips: dict[str, Any] | None = None,
+    user_pairs: tuple[list[PreferencePair], list[PreferencePair], str] | None = None,
+    user_problems: tuple[list[Problem], str] | None = None,
+) -> tuple[list[Example], list[Example], str]:
     """(train, held-out, source description) instruction examples; generated training sets
-    leave ``num_problems`` of their ``num_train`` slots for worked problems (``_mix_problems``)."""
+    leave ``num_problems`` of their ``num_train`` slots for worked problems (``_mix_problems``).
+
+    Without instruction sources while the pre-training corpus is the user's, the generated
+    tasks would ask about people and towns the model never read: ``instructions.fallback``
+    decides (refuse; the user's chosen replies; or the generated tasks, said in the source)."""
     icfg = cfg.data.instructions
     if icfg.sources:
-        examples = load_instruction_sources(icfg.sources)
+        from components.data_prep.chat_loaders import read_instruction_sources
+
+        examples, report = read_instruction_sources(icfg.sources, icfg.on_malformed, icfg.max_skip_share, "data.instructions")
+        _note_skips(skips, "sft", report)
         train, heldout = _split_user_records(examples, icfg.heldout_fraction, cfg.seed, "instruction data", icfg.sources)
-        return train, heldout, ", ".join(icfg.sources)
+        return train, heldout, _sources_text(icfg.sources)
+    if cfg.data.sources and icfg.fallback != "generated":
+        corpus = ", ".join(s.uri or f"hf:{s.hf_dataset}" for s in cfg.data.sources)
+        if icfg.fallback == "refuse" or user_pairs is None:
+            why = (
+                "data.instructions.fallback is 'refuse'" if icfg.fallback == "refuse"
+                else "the fallback 'chosen_replies' needs data.preferences.sources, and there are none"
+            )
+            raise DataError(
+                f"no instruction data for SFT: data.instructions.sources is empty while the pre-training corpus "
+                f"is your own ({corpus}), and the generated tasks ask about a world this model never read ({why}). "
+                "Give data.instructions.sources (chat 'messages', prompt/completion or instruction/output JSONL, "
+                "or a dataset recipe such as HuggingFaceTB/smoltalk), or set data.instructions.fallback to "
+                "'chosen_replies' (with data.preferences.sources) or 'generated'"
+            )
+        pref_train, pref_heldout, pref_source = user_pairs
+        train = [_chosen_example(p) for p in pref_train]
+        heldout = [_chosen_example(p) for p in pref_heldout]
+        source = f"fallback chosen_replies: prompts and chosen replies of {pref_source}"
+        if user_problems is not None:
+            problems, problem_source = user_problems
+            worked = to_sft_examples(problems)
+            share = cfg.data.problems.sft_share
+            count = min(len(worked), round(len(train) * share / (1 - share)))
+            if count:
+                train = _mix_problems(train, worked[:count], cfg.seed)
+                source += f" + {count} worked problems of {problem_source}"
+        log.warning("instructions: no instruction sources for a user corpus; SFT uses the %s", source)
+        return train, heldout, source
     train, heldout = generate_instructions(world, cfg.seed, icfg.num_train - num_problems, icfg.num_heldout)
+    if cfg.data.sources:  # fallback 'generated', asked for by name
+        source = (f"fallback generated: tasks about the generated world (seed {cfg.seed}), not about the "
+                  "user's corpus (data.instructions.fallback=generated)")
+        log.warning("instructions: %s", source)
+        return train, heldout, source
     return train, heldout, f"generated tasks (seed {cfg.seed})"
 
 
-def _problems(cfg: Config, world: World) -> tuple[list[Problem], list[Problem], str]:
+def _chosen_example(pair: PreferencePair) -> Example:
+    """A preference pair's prompt with its chosen reply: an SFT demonstration."""
+    return Example(
+        id=f"chosen-{pair.id}", family=pair.family,
+        messages=[*pair.prompt, {"role": "assistant", "content": pair.chosen}], answer=pair.chosen,
+    )
+
+
+def _sources_text(sources: list[Any]) -> str:
+    from components.data_prep.records import describe
+
+    return ", ".join(describe(s) for s in sources)
+
+
+def _note_skips(skips: dict[str, Any] | None, kind: str, report: Any) -> None:
+    """Keep what a loader left out for the manifest (and so the report card)."""
+    if skips is not None and report.skipped:
+        skips[kind] = report.to_json()
+
+
+def _problems(cfg: Config, world: World, skips: dict[str, Any] | None = None) -> tuple[list[Problem], list[Problem], str]:
     """(train, held-out, source description) RLVR problems: the user's, or generated."""
     pcfg = cfg.data.problems
     if pcfg.sources:
-        from components.data_prep.problem_loaders import load_problem_sources
+        from components.data_prep.problem_loaders import read_problem_sources
 
-        problems = load_problem_sources(pcfg.sources)
+        problems, report = read_problem_sources(pcfg.sources, pcfg.on_malformed, pcfg.max_skip_share, "data.problems")
+        _note_skips(skips, "rlvr", report)
         train, heldout = _split_user_records(problems, pcfg.heldout_fraction, cfg.seed, "problem data", pcfg.sources)
-        return train, heldout, ", ".join(pcfg.sources)
+        return train, heldout, _sources_text(pcfg.sources)
     train, heldout = generate_problems(world, cfg.seed, pcfg.num_train, pcfg.num_heldout, pcfg.max_difficulty)
     return train, heldout, f"generated problems (seed {cfg.seed}, difficulty 1-{pcfg.max_difficulty})"
 
@@ -152,37 +220,48 @@ def _mix_problems(sft_train: list[Example], worked: list[Example], seed: int) ->
     return mixed
 
 
-def _split_user_records(records: list, fraction: float, seed: int, what: str, sources: list[str]) -> tuple[list, list]:
+def _split_user_records(records: list, fraction: float, seed: int, what: str, sources: list[Any]) -> tuple[list, list]:
     """A seeded train/held-out split of user records; both splits must be non-empty."""
     order = list(range(len(records)))
     random.Random(seed).shuffle(order)
     n_held = max(1, round(len(records) * fraction))
     if len(records) - n_held < 1:
         raise DataError(
-            f"{what} {', '.join(sources)} has {len(records)} records: "
+            f"{what} {_sources_text(sources)} has {len(records)} records: "
             "too few for a train split and a held-out split"
         )
     return [records[i] for i in order[n_held:]], [records[i] for i in order[:n_held]]
 
 
+def _user_preferences(cfg: Config, skips: dict[str, Any] | None = None) -> tuple[list[PreferencePair], list[PreferencePair], str]:
+    """(train, held-out, source description) of the user's preference sources."""
+    from components.data_prep.preference_loaders import read_preference_sources
+
+    pcfg = cfg.data.preferences
+    pairs, report = read_preference_sources(
+        pcfg.sources, pcfg.on_malformed, pcfg.max_skip_share, pcfg.divergent_pairs, "data.preferences"
+    )
+    _note_skips(skips, "preference", report)
+    train, heldout = _split_user_records(pairs, pcfg.heldout_fraction, cfg.seed, "preference data", pcfg.sources)
+    return train, heldout, _sources_text(pcfg.sources)
+
+
 def _preferences(
-    cfg: Config, world: World, sft_train: list[Example], sft_heldout: list[Example]
+    cfg: Config, world: World, sft_train: list[Example], sft_heldout: list[Example],
+    user_pairs: tuple[list[PreferencePair], list[PreferencePair], str] | None = None,
 ) -> tuple[list[PreferencePair], list[PreferencePair], str]:
     pcfg = cfg.data.preferences
     if pcfg.sources:
-        from components.data_prep.preference_loaders import load_preference_sources
-
-        pairs = load_preference_sources(pcfg.sources)
-        train, heldout = _split_user_records(pairs, pcfg.heldout_fraction, cfg.seed, "preference data", pcfg.sources)
+        train, heldout, source = user_pairs if user_pairs is not None else _user_preferences(cfg)
         if not pcfg.mix_generated:
-            return train, heldout, ", ".join(pcfg.sources)
+            return train, heldout, source
         # Users' pairs (e.g. exported from the labelling page) plus the generated ones, each
         # split on its own so both kinds are held out; shuffled together, seeded.
         gen_train, gen_heldout, gen_source = _generated_preferences(cfg, world, sft_train, sft_heldout)
         rng = random.Random(_stream_seed(cfg.seed, "preference-mix"))
         train, heldout = train + gen_train, heldout + gen_heldout
         rng.shuffle(train)
-        return train, heldout, f"{', '.join(pcfg.sources)} + {gen_source}"
+        return train, heldout, f"{source} + {gen_source}"
     return _generated_preferences(cfg, world, sft_train, sft_heldout)
 
 
@@ -255,14 +334,19 @@ def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
     log.info("corpus: %d units from %s", len(units), source)
 
     task_world = _task_world(cfg, world)
-    rlvr_train, rlvr_heldout, rlvr_source = _problems(cfg, task_world)
+    skips: dict[str, Any] = {}  # what the user's data loaders left out, by dataset kind
+    rlvr_train, rlvr_heldout, rlvr_source = _problems(cfg, task_world, skips)
     log.info("problems: %d train / %d held-out from %s", len(rlvr_train), len(rlvr_heldout), rlvr_source)
+    user_pairs = _user_preferences(cfg, skips) if cfg.data.preferences.sources else None
     num_sft_problems = _sft_problem_count(cfg, rlvr_train)
-    sft_train, sft_heldout, sft_source = _instructions(cfg, task_world, num_sft_problems)
+    sft_train, sft_heldout, sft_source = _instructions(
+        cfg, task_world, num_sft_problems, skips, user_pairs,
+        (rlvr_train, rlvr_source) if cfg.data.problems.sources else None,
+    )
     if not sft_train or not sft_heldout:
         raise DataError(f"instruction data has an empty {'train' if not sft_train else 'held-out'} split ({sft_source})")
     log.info("instructions: %d train / %d held-out from %s", len(sft_train), len(sft_heldout), sft_source)
-    pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout)
+    pref_train, pref_heldout, pref_source = _preferences(cfg, task_world, sft_train, sft_heldout, user_pairs)
     votes = collect_votes(cfg, start, ctx.tracker.client, heldout_prompt_keys(
         [e.prompt_messages for e in sft_heldout], [p.prompt for p in pref_heldout], [p.prompt for p in rlvr_heldout]))
     if votes is not None:  # people's votes (components/data_prep/votes.py), combined as configured
@@ -274,7 +358,8 @@ def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
     worked = to_sft_examples(rlvr_train[:num_sft_problems])
     retention = [instruction_row(e) for e in ideal_train if e.family in REPLY_FORMATS]
     flaws: dict[str, int] = {}
-    if not cfg.data.instructions.sources and cfg.data.instructions.flawed_share:
+    sft_generated = not cfg.data.instructions.sources and not sft_source.startswith("fallback chosen_replies")
+    if sft_generated and cfg.data.instructions.flawed_share:
         # after the preference pairs, whose chosen replies are the ideal ones
         sft_train, counts = flaw_demonstrations(sft_train, cfg.data.instructions.flawed_share, cfg.seed)
         flaws = dict(counts)
@@ -370,6 +455,8 @@ def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
         "preference": {"source": pref_source, **preference},
         "rlvr": {"source": rlvr_source, **rlvr},
         "start": start.to_json(),
+        # records the loaders left out (on_malformed=skip, or by a rule), per dataset kind
+        "skipped": skips,
         "seconds": round(time.perf_counter() - started, 2),
     }
     _prune_shards(shard_dir, {s.file for t in (packed.train, packed.heldout) for s in t.shards}, ctx.run_uri)

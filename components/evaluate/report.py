@@ -148,7 +148,10 @@ def other_metric_keys(results: dict[str, Any]) -> list[tuple[str, str]]:
     """Every metric not in the headline table (bigram validity, KL to SFT, ...); intervals are
     shown beside their metric, not as rows of their own."""
     shown = {k for k, _ in headline_keys(results)} | NOT_SHOWN
-    keys = sorted({k for k in metric_names(results) if not is_interval_key(k) and not k.startswith("change.")} - shown)
+    keys = sorted({
+        k for k in metric_names(results)
+        if not is_interval_key(k) and not k.startswith(("change.", "bench."))  # bench.*: their own table
+    } - shown)
     return [(k, k) for k in keys]
 
 

@@ -151,6 +151,26 @@ def votes_sentence(votes: dict[str, Any], rm: dict[str, Any]) -> str:
     return text
 
 
+def benchmark_blocks(results: dict[str, Any]) -> list[Block]:
+    """The standard benchmarks (lm-eval) beside the built-in suites, and the data notes."""
+    from components.evaluate.benchmarks import benchmark_rows
+
+    blocks: list[Block] = []
+    rows = benchmark_rows(results)
+    if rows:
+        blocks += [
+            Heading("Standard benchmarks (lm-eval)"),
+            Para("Published benchmarks scored with lm-evaluation-harness on every checkpoint: accuracy and centered "
+                 "accuracy ((acc - chance) / (1 - chance), so random init reads about 0), 95 % intervals in brackets; "
+                 "GSM8K only on chat checkpoints; bits per byte of this run's held-out text."),
+            TableBlock(metric_table(results, rows), "metrics"),
+        ]
+    notes = results.get("data_notes")
+    if isinstance(notes, list) and notes:
+        blocks += [Heading("Data"), *(Para(str(n)) for n in notes)]
+    return blocks
+
+
 def card_blocks(
     results: dict[str, Any], plots: dict[str, bytes], promotion: dict[str, Any] | None
 ) -> list[Block]:
@@ -167,6 +187,7 @@ def card_blocks(
     if NEXT_TOKEN_PLOT in plots:
         blocks += [Heading("The next-token picture"), Para(NEXT_TOKEN_TEXT),
                    Image(NEXT_TOKEN_PLOT, "top next-token probabilities per checkpoint")]
+    blocks += benchmark_blocks(results)
     changes = change_keys(results)
     if changes:
         blocks += [

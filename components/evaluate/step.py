@@ -35,6 +35,7 @@ from components.data_prep.preferences import PreferencePair
 from components.data_prep.preferences import from_record as pair_from_record
 from components.evaluate.instruct import score_instructions
 from components.evaluate.copying import in_context_copying
+from components.evaluate.benchmarks import data_notes, prepare_for_run, run_benchmarks
 from components.evaluate.intervals import change_metrics
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_metrics, sample_replies
@@ -233,6 +234,7 @@ def run_evaluate(
             ctx.tracker.log_metrics(ctx.mlflow_run_id, {f"reward_model.{k}": v for k, v in rm_metrics.items()})
         digests = suite_digests(cfg, suites)
         previous: dict[str, list[float]] | None = None
+        bench = prepare_for_run(cfg.evaluate.benchmarks, data, storage.join(ctx.run_uri, "eval"))
         emit_event("progress", "evaluate", done=0, total=len(checkpoints), unit="checkpoints")
         for done, (name, uri) in enumerate(checkpoints.items(), start=1):
             log.info("evaluating %s (%s)", name, uri)
@@ -240,6 +242,8 @@ def run_evaluate(
             results[name]["checkpoint_uri"] = uri
             results[name]["suite_digests"] = digests
             metrics = results[name]["metrics"]
+            if bench is not None:  # standard benchmarks (lm-eval), bench.<task>.<metric>
+                metrics.update(run_benchmarks(cfg.evaluate.benchmarks, bench[0], uri, name))
             verdicts = results[name]["verdicts"]
             if previous is not None:  # what this stage bought over the one before, item by item
                 for key, after in verdicts.items():
@@ -268,7 +272,9 @@ def run_evaluate(
         )
         emit_event("headline", "evaluate", figures=headline_figures(results, final), promoted=promotion.get("promoted"))
         curves = stage_curves(ctx.tracker.client, ctx.tracker.experiment_id, run_id)
-        card = build_report_card(results, curves, promotion, run_id)
+        # the data notes (sources, fallbacks, skipped records) go on the card only: ``results``
+        # maps checkpoints to their metrics, and its readers rely on that
+        card = build_report_card({**results, "data_notes": data_notes(manifest)}, curves, promotion, run_id)
         paths = publish_report_card(card, out, ctx.tracker.client, ctx.mlflow_run_id)
         return {
             "results": results, "markdown": card.markdown, "html": card.html, "eval_uri": out,

@@ -33,6 +33,50 @@ class DataSource(Strict):
         return self
 
 
+class DatasetRecipe(Strict):
+    """A public dataset one stage reads, by name (Hugging Face id + config + split) or by the URI
+    of a mirror of it (``s3://``: clusters often have no internet), with the names of its
+    columns where they differ from what the stage's loader reads (``fields``)."""
+
+    hf_dataset: str | None = Field(
+        default=None, description="Hugging Face dataset id (e.g. openai/gsm8k), read with datasets.load_dataset."
+    )
+    hf_config: str | None = Field(default=None, description="The dataset's configuration (subset) name, if it has several.")
+    split: str = Field(default="train", min_length=1, description="The split to read (e.g. train, train_prefs, train_sft).")
+    uri: str | None = Field(
+        default=None,
+        description="A mirror instead of the hub: file, folder or glob (local or s3://) of JSONL (.gz/.zst) or Parquet.",
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Loader field -> the dataset's column, where they differ (e.g. {question: problem}).",
+    )
+    streaming: bool = Field(default=True, description="Stream the hub dataset (nothing downloaded whole).")
+    max_records: int | None = Field(default=None, ge=1, description="Read at most this many records (None: all).")
+    family: str | None = Field(default=None, description="Family name the records get (e.g. gsm8k, math) on the report card.")
+    answer_format: Literal["auto", "boxed"] = Field(
+        default="auto",
+        description="Problems only. auto: a number or GSM8K's '#### <n>'; boxed: the last \\boxed{} of the "
+        "solution (MATH), only numeric answers kept (the rest skipped and counted).",
+    )
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "DatasetRecipe":
+        if (self.uri is None) == (self.hf_dataset is None):
+            raise ValueError("a dataset recipe needs exactly one of 'uri' or 'hf_dataset'")
+        return self
+
+
+RecordSource = str | DatasetRecipe
+
+OnMalformed = Literal["error", "skip"]
+ON_MALFORMED_DESCRIPTION = (
+    "A record the loader cannot read (bad JSON, a missing or empty field, a wrong type): error: stop "
+    "naming it; skip: drop it, count it, name the first few by file:line in the log and the report."
+)
+MAX_SKIP_DESCRIPTION = "With on_malformed=skip: the largest share of records that may be skipped; beyond it, an error."
+
+
 class GeneratedCorpusConfig(Strict):
     """The embedded synthetic world: its size decides how much there is to learn."""
 
@@ -45,8 +89,18 @@ class InstructionDataConfig(Strict):
     """Instruction/response pairs for SFT: user files (chat ``messages``, ``prompt``/
     ``completion`` or ``instruction``/``input``/``output`` JSONL) or the generated task set."""
 
-    sources: list[str] = Field(default_factory=list, description="Files/folders/globs; empty = generated.")
+    sources: list[RecordSource] = Field(
+        default_factory=list, description="Files/folders/globs or dataset recipes; empty = generated (or the fallback)."
+    )
     heldout_fraction: float = Field(default=0.05, gt=0, lt=1, description="Held-out share of user files.")
+    on_malformed: OnMalformed = Field(default="error", description=ON_MALFORMED_DESCRIPTION)
+    max_skip_share: float = Field(default=0.01, ge=0, lt=1, description=MAX_SKIP_DESCRIPTION)
+    fallback: Literal["refuse", "chosen_replies", "generated"] = Field(
+        default="chosen_replies",
+        description="Without instruction sources while the corpus is the user's: refuse (an error naming what is "
+        "missing); chosen_replies: SFT on the user's preference prompts with their chosen replies (plus worked "
+        "user problems), or refuse if there are none; generated: the generated world's tasks (the report says so).",
+    )
     num_train: int = Field(default=4000, ge=1, description="Generated training examples.")
     num_heldout: int = Field(default=210, ge=1, description="Generated held-out examples.")
     flawed_share: float = Field(
@@ -61,8 +115,18 @@ class PreferenceDataConfig(Strict):
     """Chosen/rejected pairs: user JSONL (``prompt``/``chosen``/``rejected`` strings or chat
     messages, or Human/Assistant transcripts) or pairs generated against the oracle."""
 
-    sources: list[str] = Field(default_factory=list, description="Files/folders/globs; empty = generated.")
+    sources: list[RecordSource] = Field(
+        default_factory=list, description="Files/folders/globs or dataset recipes; empty = generated."
+    )
     heldout_fraction: float = Field(default=0.05, gt=0, lt=1, description="Held-out share of user files.")
+    on_malformed: OnMalformed = Field(default="error", description=ON_MALFORMED_DESCRIPTION)
+    max_skip_share: float = Field(default=0.01, ge=0, lt=1, description=MAX_SKIP_DESCRIPTION)
+    divergent_pairs: Literal["skip", "error"] = Field(
+        default="skip",
+        description="Transcript pairs whose chosen and rejected differ before the last reply (they answer "
+        "different conversations): skip (by that rule: counted and named in the log and report, apart from "
+        "malformed records) or error (a malformed record: on_malformed decides).",
+    )
     num_train: int = Field(default=3000, ge=1, description="Generated training pairs.")
     # 400: on 200 pairs the same reward model measured 0.95 and on the next 200 0.91
     num_heldout: int = Field(default=400, ge=1, description="Generated held-out pairs.")
@@ -108,8 +172,12 @@ class ProblemDataConfig(Strict):
     ``question``/``answer`` whose answer ends with ``#### <value>``) or problems generated from
     the world (multi-step word problems and other families), ``difficulty`` 1..max_difficulty."""
 
-    sources: list[str] = Field(default_factory=list, description="Files/folders/globs; empty = generated.")
+    sources: list[RecordSource] = Field(
+        default_factory=list, description="Files/folders/globs or dataset recipes; empty = generated."
+    )
     heldout_fraction: float = Field(default=0.1, gt=0, lt=1, description="Held-out share of user files.")
+    on_malformed: OnMalformed = Field(default="error", description=ON_MALFORMED_DESCRIPTION)
+    max_skip_share: float = Field(default=0.01, ge=0, lt=1, description=MAX_SKIP_DESCRIPTION)
     num_train: int = Field(default=2000, ge=1, description="Generated training problems.")
     # 300: one problem is a third of a point of pass@1 (on 150 the standard error was ~3 points)
     num_heldout: int = Field(default=300, ge=1, description="Generated held-out problems.")

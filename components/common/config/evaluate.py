@@ -8,6 +8,59 @@ from pydantic import Field, model_validator
 
 from components.common.config.base import AttnImplementation, Strict
 
+BenchmarkLayout = Literal["hellaswag", "arc", "piqa", "lambada", "gsm8k"]
+# chance accuracy of each layout (centered accuracy = (acc - chance) / (1 - chance)): HellaSwag
+# and ARC have 4 choices (a few ARC questions have 3 or 5), PIQA 2; LAMBADA and GSM8K are open.
+LAYOUT_CHANCE = {"hellaswag": 0.25, "arc": 0.25, "piqa": 0.5, "lambada": 0.0, "gsm8k": 0.0}
+
+
+class BenchmarkTask(Strict):
+    """One standard benchmark run with lm-eval on every checkpoint, from a local or s3:// copy
+    of its data in the published layout (JSONL or Parquet), or from the hub by name."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="Task name in the results (bench.<name>.acc).")
+    layout: BenchmarkLayout = Field(description="The published layout of the data: which fields the prompt reads.")
+    uri: str | None = Field(default=None, description="Local or s3:// copy of one split (JSONL(.gz) or Parquet file).")
+    hf_dataset: str | None = Field(default=None, description="Hub id instead of a copy (needs network), e.g. allenai/ai2_arc.")
+    hf_config: str | None = Field(default=None, description="The hub dataset's configuration, e.g. ARC-Easy.")
+    split: str = Field(default="test", min_length=1, description="The split scored (its name on the hub or for the copy).")
+    chat: bool | None = Field(
+        default=None,
+        description="Run only on chat checkpoints (SFT and after), in the chat template. None: the layout "
+        "decides (gsm8k: yes, the multiple-choice tasks and lambada: no, they run on every checkpoint).",
+    )
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "BenchmarkTask":
+        if (self.uri is None) == (self.hf_dataset is None):
+            raise ValueError(f"benchmark '{self.name}' needs exactly one of 'uri' or 'hf_dataset'")
+        return self
+
+    @property
+    def chance(self) -> float:
+        return LAYOUT_CHANCE[self.layout]
+
+    @property
+    def chat_only(self) -> bool:
+        return self.layout == "gsm8k" if self.chat is None else self.chat
+
+
+class BenchmarksConfig(Strict):
+    """Standard benchmarks (lm-evaluation-harness) beside the built-in suites: accuracy and
+    centered accuracy (chance = 0) with 95 % intervals, GSM8K on chat checkpoints, and bits per
+    byte of the run's held-out text; names usable by the promotion gate (bench.<task>.<metric>)."""
+
+    enabled: bool = Field(default=False, description="Run lm-eval on every checkpoint (needs the lm-eval package).")
+    tasks: list[BenchmarkTask] = Field(default_factory=list, description="The benchmarks, each with its data.")
+    limit: int | None = Field(default=None, ge=1, description="Examples per task (None: the whole split).")
+    heldout_bits_per_byte: bool = Field(
+        default=True, description="Also score bits per byte of the held-out pre-training text (tokenizer-independent)."
+    )
+    heldout_documents: int = Field(default=200, ge=1, description="Held-out documents in the bits-per-byte task.")
+    batch_size: int = Field(default=16, ge=1, description="Sequences scored per forward pass.")
+    max_gen_tokens: int = Field(default=256, ge=1, description="Longest generated answer (GSM8K).")
+    bootstrap_iters: int = Field(default=1000, ge=0, description="lm-eval's bootstrap resamples for the standard errors of non-mean metrics.")
+
 
 class GateMetric(Strict):
     """One evaluation metric of the final checkpoint the promotion gate compares with the
@@ -89,6 +142,7 @@ class EvaluateConfig(Strict):
     reasoning_max_new_tokens: int = Field(default=48, ge=1, description="Longest reply to a held-out problem.")
     copy_sequences: int = Field(default=32, ge=1, description="Repeated random sequences in the copying suite.")
     copy_length: int = Field(default=24, ge=2, description="Tokens per sequence in the copying suite (read twice).")
+    benchmarks: BenchmarksConfig = Field(default_factory=BenchmarksConfig)
     sample_prompts: list[str] = Field(
         default_factory=lambda: [
             "Mira lives in",
