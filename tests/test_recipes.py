@@ -16,9 +16,9 @@ from components.common.config import load_config
 from components.common.config.data import DataSource, DatasetRecipe
 from components.common.errors import DataError
 from components.data_prep.chat_loaders import read_instruction_sources
-from components.data_prep.loaders import load_corpus
 from components.data_prep.preference_loaders import DIVERGENT_RULE, read_preference_sources
 from components.data_prep.problem_loaders import NOT_NUMERIC_RULE, read_problem_sources
+from components.data_prep.sources import iter_unit, plan_units
 
 
 def _parquet(path: Path, rows: list[dict]) -> None:
@@ -184,8 +184,9 @@ def test_fineweb_edu_parquet_corpus_by_name(tmp_path):
              "url": f"https://example.org/{i}", "language": "en", "score": 3.1, "int_score": 3} for i in range(20)]
     _parquet(repo / "sample" / "10BT" / "000_00000.parquet", rows)
     _readme(repo, {"sample-10BT": {"train": "sample/10BT/*"}})
-    train, heldout = load_corpus([DataSource(hf_dataset=str(repo), hf_config="sample-10BT", hf_split="train")], 0.1, 1)
-    assert len(train) == 18 and len(heldout) == 2 and all(d.startswith("Lesson") for d in train)
+    units = plan_units([DataSource(hf_dataset=str(repo), hf_config="sample-10BT", hf_split="train")])
+    docs = [doc for unit in units for doc in iter_unit(unit)]
+    assert len(docs) == 20 and all(d.startswith("Lesson") for d in docs)
 
 
 def test_mirror_parquet_file_with_field_mapping(tmp_path):

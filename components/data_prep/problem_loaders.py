@@ -29,7 +29,8 @@ from functools import partial
 from typing import Any
 
 from components.common.errors import DataError, at
-from components.data_prep.chat_loaders import _iter_records, chat_turns
+from components.data_prep.chat_loaders import chat_turns
+from components.data_prep.json_records import iter_records
 from components.data_prep.loaders import (
     _display,
     _field_of,
@@ -154,7 +155,7 @@ def _iter_file_records(uri: str) -> Iterator[tuple[Any, str, str, Error]]:
     for path in files:
         name = _display(fs, path)
         count = 0
-        for lineno, default_id, record in _iter_records(_iter_lines(fs, path, name), name):
+        for lineno, default_id, record in iter_records(_iter_lines(fs, path, name), name):
             count += 1
             yield record, default_id, f"{name}:{lineno}", partial(at, name, lineno)
         if not count:

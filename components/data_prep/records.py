@@ -32,6 +32,7 @@ from fsspec.core import url_to_fs
 from components.common.config.data import DatasetRecipe
 from components.common.errors import DataError
 from components.common.storage import storage_options
+from components.data_prep.json_records import iter_records
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +145,6 @@ def _iter_lines(fs: Any, path: str, name: str) -> Iterator[tuple[int, str]]:
 
 
 def _iter_json_file(fs: Any, path: str, name: str) -> Iterator[Record]:
-    from components.data_prep.chat_loaders import _iter_records  # JSON arrays, element by element
-
     lines = _iter_lines(fs, path, name)
     head: list[tuple[int, str]] = []
     for lineno, line in lines:
@@ -153,7 +152,7 @@ def _iter_json_file(fs: Any, path: str, name: str) -> Iterator[Record]:
         if line.strip():
             break
     if head and head[-1][1].lstrip().startswith("["):
-        for lineno, default_id, value in _iter_records(_chain(head, lines), name):
+        for lineno, default_id, value in iter_records(_chain(head, lines), name):
             yield Record(f"{name}:{lineno}", default_id, value)
         return
     for lineno, line in _chain(head, lines):

@@ -131,7 +131,7 @@ def task_yaml(task: BenchmarkTask, folder: Path) -> dict[str, Any]:
     return spec
 
 
-def prepare_benchmarks(cfg: BenchmarksConfig, heldout_text_uri: str | None, folder: Path) -> BenchmarkSuite:
+def prepare_benchmarks(cfg: BenchmarksConfig, heldout_docs: list[str] | None, folder: Path) -> BenchmarkSuite:
     """Write the task YAMLs (and the held-out text task's data) into ``folder``."""
     import yaml
 
@@ -143,12 +143,11 @@ def prepare_benchmarks(cfg: BenchmarksConfig, heldout_text_uri: str | None, fold
         # lm-eval resolves "!function module.name" relative to the YAML's folder
         text = text.replace("'!function bench_utils.gsm8k_results'", "!function bench_utils.gsm8k_results")
         (folder / f"{task.name}.yaml").write_text(text, encoding="utf-8")
-    heldout = bool(cfg.heldout_bits_per_byte and heldout_text_uri)
+    heldout = bool(cfg.heldout_bits_per_byte and heldout_docs)
     if heldout:
-        docs = storage.read_jsonl(heldout_text_uri)[: cfg.heldout_documents]
         data = folder / "data" / "heldout_text.jsonl"
         data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_text("".join(json.dumps({"text": d["text"]}) + "\n" for d in docs), encoding="utf-8")
+        data.write_text("".join(json.dumps({"text": d}) + "\n" for d in heldout_docs or []), encoding="utf-8")
         spec = {
             "task": f"fs_{HELDOUT_TASK}", "dataset_path": "json",
             "dataset_kwargs": {"data_files": {"test": str(data)}}, "test_split": "test",
@@ -336,14 +335,33 @@ def run_benchmarks(cfg: BenchmarksConfig, suite: BenchmarkSuite, checkpoint: str
     return metrics
 
 
+def heldout_text(data: str, limit: int) -> list[str]:
+    """Held-out text for bits per byte: the first ``limit`` held-out blocks decoded back to text.
+    Data prep keeps the held-out corpus only as token blocks (it streams, it never lists the
+    documents), and only these blocks are read."""
+    from components.common.modeling import load_tokenizer
+    from components.data_prep.manifest import TokenSplit, load_manifest
+    from components.data_prep.shards import BlockReader
+
+    reader = BlockReader(TokenSplit.from_manifest(load_manifest(data), "heldout"))
+    try:
+        blocks = reader.head(limit)
+    finally:
+        reader.close()
+    with tempfile.TemporaryDirectory(prefix="fs-tok-") as local:
+        tokenizer = load_tokenizer(storage.download_dir(storage.join(data, "tokenizer"), local))
+        texts = [tokenizer.decode(block.tolist(), skip_special_tokens=True).strip() for block in blocks]
+    return [text for text in texts if text]
+
+
 def prepare_for_run(cfg: BenchmarksConfig, data: str, out_uri: str) -> tuple[BenchmarkSuite, tempfile.TemporaryDirectory] | None:
     """The suite of an evaluate run (None when benchmarks are off); the task folder is also
     copied to ``<out_uri>/benchmarks`` so the tasks can be rerun with ``lm_eval --include_path``."""
     if not cfg.enabled:
         return None
     tmp = tempfile.TemporaryDirectory(prefix="fs-bench-")
-    heldout = storage.join(data, "corpus", "heldout.jsonl")
-    suite = prepare_benchmarks(cfg, heldout if storage.exists(heldout) else None, Path(tmp.name))
+    docs = heldout_text(data, cfg.heldout_documents) if cfg.heldout_bits_per_byte else None
+    suite = prepare_benchmarks(cfg, docs, Path(tmp.name))
     storage.upload_dir(tmp.name, storage.join(out_uri, "benchmarks"))
     return suite, tmp
 

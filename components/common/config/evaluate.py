@@ -56,7 +56,7 @@ class BenchmarksConfig(Strict):
     heldout_bits_per_byte: bool = Field(
         default=True, description="Also score bits per byte of the held-out pre-training text (tokenizer-independent)."
     )
-    heldout_documents: int = Field(default=200, ge=1, description="Held-out documents in the bits-per-byte task.")
+    heldout_documents: int = Field(default=200, ge=1, description="Held-out blocks (decoded back to text) in the bits-per-byte task.")
     batch_size: int = Field(default=16, ge=1, description="Sequences scored per forward pass.")
     max_gen_tokens: int = Field(default=256, ge=1, description="Longest generated answer (GSM8K).")
     bootstrap_iters: int = Field(default=1000, ge=0, description="lm-eval's bootstrap resamples for the standard errors of non-mean metrics.")
