@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,6 +50,12 @@ CHECK_OVERRIDES = [
     "ray.num_workers=1",
     "ray.cpus_per_worker=8",
     "ray.max_failures=0",
+    # the device machine reaches no hub: the generated world and task sets, the built-in suites
+    "data.sources=[]",
+    "data.instructions.sources=[]",
+    "data.preferences.sources=[]",
+    "data.problems.sources=[]",
+    "evaluate.benchmarks.enabled=false",
     "data.generated.num_train_docs=20000",
     "data.generated.num_heldout_docs=400",
     "data.shard_blocks=2048",
@@ -243,8 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_pipeline:
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
         env.update(HF_HUB_OFFLINE="1", PYTHONPATH=f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}")
-        cmd = [sys.executable, "-m", "pipelines.cli", "run", "--preset", "gpu", "--run-id", RUN_ID]
+        cmd = [sys.executable, "-m", "pipelines.cli", "run", "--preset", "gpu", "--new-run-id", RUN_ID]
         cmd += [x for o in overrides for x in ("--set", o)]
+        shutil.rmtree(root / RUN_ID, ignore_errors=True)  # a rerun starts afresh (--new-run-id)
         started = time.perf_counter()
         proc = subprocess.run(cmd, env=env, cwd=out.parent if out.parent.exists() else None)
         pipeline_s = time.perf_counter() - started
