@@ -42,7 +42,9 @@ def _corpus(root: Path) -> Path:
 
 
 def _cfg(make_config, corpus: Path, *extra: str):
-    return make_config(f"data.sources=[{{uri: '{corpus}'}}]", "data.heldout_fraction=0.1", *extra)
+    # the generated SFT tasks on purpose: these tests are about the corpus
+    return make_config(f"data.sources=[{{uri: '{corpus}'}}]", "data.heldout_fraction=0.1",
+                       "data.instructions.fallback=generated", *extra)
 
 
 def test_every_format_streams(tmp_path: Path):
@@ -165,7 +167,7 @@ def test_corpus_without_documents_and_glob_without_files(make_config, tmp_path):
     with pytest.raises(DataError, match=r"the corpus has no documents \(.*empty"):
         run_data_prep(cfg, "e")
     assert not storage.is_complete(data_uri(storage.join(cfg.storage.root, "e")))
-    cfg = make_config(f"data.sources=[{{uri: '{tmp_path}/nothing-*.parquet'}}]")
+    cfg = make_config(f"data.sources=[{{uri: '{tmp_path}/nothing-*.parquet'}}]", "data.instructions.fallback=generated")
     with pytest.raises(DataError, match=r"nothing-\*\.parquet: no files match this pattern"):
         run_data_prep(cfg, "g")
     assert not storage.is_complete(data_uri(storage.join(cfg.storage.root, "g")))

@@ -29,10 +29,10 @@ from components.data_prep.instructions import ROLES, Example
 from components.data_prep.json_records import iter_records
 from components.data_prep.records import SkipReport, collect
 from components.data_prep.loaders import (
-    _display,
-    _field_of,
-    _iter_lines,
-    _resolve_files,
+    display_name,
+    field_of,
+    iter_lines,
+    resolve_record_files,
     iter_json_lines,
     load_each_source,
 )
@@ -66,10 +66,10 @@ def chat_turns(value: Any, field: str, error: Error) -> list[dict[str, str]]:
             raise turn_error(
                 f"expected a JSON object with 'role' and 'content', got {type(message).__name__}"
             )
-        role = _field_of(message, "role", turn_error)
+        role = field_of(message, "role", turn_error)
         if role not in ROLES:
             raise turn_error(f"unknown role '{role}' (expected {', '.join(ROLES)})")
-        turns.append({"role": role, "content": _field_of(message, "content", turn_error)})
+        turns.append({"role": role, "content": field_of(message, "content", turn_error)})
     return turns
 
 
@@ -100,15 +100,15 @@ def _to_messages(record: Any, error: Error) -> list[dict[str, str]]:
     if "prompt" in record or "completion" in record:
         # Completions are often stored with a leading space for plain concatenation; in a chat
         # turn that space would only be noise the model has to learn, so both sides are stripped.
-        prompt = _field_of(record, "prompt", error).strip()
-        completion = _field_of(record, "completion", error).strip()
+        prompt = field_of(record, "prompt", error).strip()
+        completion = field_of(record, "completion", error).strip()
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     if "instruction" in record or "output" in record:
-        instruction = _field_of(record, "instruction", error)
+        instruction = field_of(record, "instruction", error)
         extra = record.get("input")
         if extra is not None and not isinstance(extra, str):
             raise error(f"field 'input' must be a string, got {type(extra).__name__}")
-        output = _field_of(record, "output", error)
+        output = field_of(record, "output", error)
         user = f"{instruction}\n\n{extra}" if extra and extra.strip() else instruction
         return [{"role": "user", "content": user}, {"role": "assistant", "content": output}]
     keys = ", ".join(sorted(map(str, record))) or "none"
@@ -120,7 +120,7 @@ def _to_messages(record: Any, error: Error) -> list[dict[str, str]]:
 
 def _to_example(record: Any, example_id: str, error: Error) -> Example:
     messages = _to_messages(record, error)
-    family = _field_of(record, "family", error) if "family" in record else DEFAULT_FAMILY
+    family = field_of(record, "family", error) if "family" in record else DEFAULT_FAMILY
     return Example(
         id=example_id, family=family, messages=messages, answer=messages[-1]["content"]
     )
@@ -134,12 +134,12 @@ def load_instruction_file(uri: str) -> list[Example]:
     without records is an error: an empty split would otherwise surface much later as a
     trainer that has nothing to do.
     """
-    fs, files = _resolve_files(uri)
+    fs, files = resolve_record_files(uri)
     examples: list[Example] = []
     for path in files:
-        name = _display(fs, path)
+        name = display_name(fs, path)
         before = len(examples)
-        for lineno, example_id, record in iter_records(_iter_lines(fs, path, name), name):
+        for lineno, example_id, record in iter_records(iter_lines(fs, path, name), name):
 
             def error(msg: str, n: int = lineno) -> DataError:
                 return at(name, n, msg)

@@ -111,7 +111,7 @@ def number_word(n: int) -> str:
     return NUMBER_WORDS[n]
 
 
-def _cap(text: str) -> str:
+def capitalize_first(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
@@ -183,9 +183,9 @@ class _Writer:
         template = self.rng.choice(FACT_TEMPLATES[fact])
         subject = p.name if use_name else p.pronoun
         possessive = f"{p.name}'s" if use_name else p.possessive
-        return _cap(
+        return capitalize_first(
             template.format(
-                S=_cap(subject), s=subject, P=_cap(possessive), p=possessive, **self._values(p)
+                S=capitalize_first(subject), s=subject, P=capitalize_first(possessive), p=possessive, **self._values(p)
             )
         )
 
@@ -286,7 +286,7 @@ class _Writer:
         rng = self.rng
         p = self._person()
         item = rng.choice(ITEMS)
-        he, He = p.pronoun, _cap(p.pronoun)
+        he, He = p.pronoun, capitalize_first(p.pronoun)
         kind = rng.choice(("buy", "give", "find", "times", "together"))
         if kind == "buy":
             a, b = rng.randint(1, 20), rng.randint(1, 20)
@@ -360,7 +360,7 @@ class _Writer:
         elif op == "after":
             a = rng.randint(0, 19)
             words = rng.random() < 0.25
-            return _cap(
+            return capitalize_first(
                 f"after {self._number(a, words)} comes {self._number(a + 1, words)}."
             )
         else:
@@ -369,14 +369,14 @@ class _Writer:
             words = rng.random() < 0.25
             x, y = self._number(a, words), self._number(b, words)
             rel = "more" if a > b else "less"
-            return _cap(f"{x} is {rel} than {y}.")
+            return capitalize_first(f"{x} is {rel} than {y}.")
         # Spelled-out numbers only where every number has a word (0-20).
         words = c <= 20 and rng.random() < 0.25
         x, y, z = self._number(a, words), self._number(b, words), self._number(c, words)
         if verb == "and":
-            return _cap(f"{x} and {y} make {z}.")
+            return capitalize_first(f"{x} and {y} make {z}.")
         link = rng.choice(("is", "is", "equals"))
-        return _cap(f"{x} {verb} {y} {link} {z}.")
+        return capitalize_first(f"{x} {verb} {y} {link} {z}.")
 
     def arithmetic(self) -> str:
         """Plain, always-correct sums and comparisons with small numbers."""
@@ -463,7 +463,7 @@ def generate_documents(world: World, num_docs: int, seed: int) -> list[str]:
     return [next(docs) for _ in range(num_docs)]
 
 
-def _stream_seed(seed: int, stream: str) -> int:
+def stream_seed(seed: int, stream: str) -> int:
     """An independent, platform-stable integer seed per named stream.
 
     Hashing instead of ``seed + 1`` keeps streams of neighbouring seeds apart (seed 5's
@@ -484,10 +484,10 @@ def generate_corpus(
     measures generalisation rather than recall of a seen sentence.
     """
     world = build_world(seed, num_people)
-    train = generate_documents(world, num_train_docs, _stream_seed(seed, "train"))
+    train = generate_documents(world, num_train_docs, stream_seed(seed, "train"))
     seen = set(train)
     heldout: list[str] = []
-    stream = _iter_documents(world, _stream_seed(seed, "heldout"))
+    stream = _iter_documents(world, stream_seed(seed, "heldout"))
     # Tiny worlds can have few distinct documents; cap the retries rather than loop forever.
     budget = 50 * max(num_heldout_docs, 1)
     duplicates: list[str] = []

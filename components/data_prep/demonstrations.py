@@ -29,7 +29,7 @@ import random
 from collections import Counter
 from dataclasses import replace
 
-from components.data_prep.corpus import _stream_seed
+from components.data_prep.corpus import stream_seed
 from components.data_prep.instructions import Example
 from components.data_prep.preferences import FILLERS, RUDE
 
@@ -55,7 +55,7 @@ def flaw_demonstrations(examples: list[Example], share: float, seed: int) -> tup
     """
     if not 0 <= share < 1:
         raise ValueError(f"the flawed share must be in [0, 1), got {share}")
-    rng = random.Random(_stream_seed(seed, "sft-demonstration-flaws"))
+    rng = random.Random(stream_seed(seed, "sft-demonstration-flaws"))
     chosen = set(rng.sample(range(len(examples)), round(share * len(examples))))
     kinds, weights = list(FLAW_WEIGHTS), list(FLAW_WEIGHTS.values())
     counts: Counter[str] = Counter()

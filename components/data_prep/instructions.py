@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from components.common.answer_format import ANSWER_PREFIX
-from components.data_prep.corpus import ITEMS, _stream_seed, number_word
+from components.data_prep.corpus import ITEMS, capitalize_first, number_word, stream_seed
 from components.data_prep.world import (
     COLORS,
     FOODS,
@@ -138,10 +138,6 @@ def _example(family: str, user: str, answer: str) -> Example:
     )
 
 
-def _cap(text: str) -> str:
-    return text[:1].upper() + text[1:]
-
-
 def _count(n: str, item: tuple[str, str]) -> str:
     """"1 apple" / "one apple" / "3 apples": ``n`` is already spelled as digits or a word."""
     return f"{n} {item[0] if n == '1' or n == 'one' else item[1]}"
@@ -199,7 +195,7 @@ def fact_color(world: World, rng: random.Random) -> Example:
     return _example("fact_color", question, f"{p.name}'s favourite colour is {p.color}.")
 
 
-def _other(world: World, p: Person, rng: random.Random) -> str:
+def other_name(world: World, p: Person, rng: random.Random) -> str:
     names = [o.name for o in world.people if o.name != p.name]
     return rng.choice(names) if names else "a friend"
 
@@ -218,7 +214,7 @@ def arithmetic(world: World, rng: random.Random) -> Example:
 
     p = rng.choice(world.people)
     item = rng.choice(ITEMS)
-    he, He, plural = p.pronoun, _cap(p.pronoun), item[1]
+    he, He, plural = p.pronoun, capitalize_first(p.pronoun), item[1]
     if kind in ("minus", "give"):
         a = rng.randint(1, 20)
         b = rng.randint(0 if kind == "minus" else 1, a)
@@ -247,7 +243,7 @@ def arithmetic(world: World, rng: random.Random) -> Example:
             )
         )
     elif kind == "give":
-        to = _other(world, p, rng)
+        to = other_name(world, p, rng)
         question = rng.choice(
             (
                 f"{p.name} has {_count(x, item)}. {He} gives {_count(y, item)} to {to}. "
@@ -267,7 +263,7 @@ def arithmetic(world: World, rng: random.Random) -> Example:
             )
         )
     else:
-        q = _other(world, p, rng)
+        q = other_name(world, p, rng)
         question = rng.choice(
             (
                 f"{p.name} has {_count(x, item)} and {q} has {_count(y, item)}. "
@@ -345,7 +341,7 @@ def well_formed(family: str, reply: str) -> bool:
 # -- the splits ------------------------------------------------------------------------------
 
 
-def _is_heldout_prompt(prompt: str, seed: int) -> bool:
+def is_heldout_prompt(prompt: str, seed: int) -> bool:
     """Whether ``prompt`` is reserved for the held-out split (a stable, seeded 1-in-N hash).
 
     Deciding per prompt text, not per draw, is what makes the splits disjoint by construction
@@ -417,7 +413,7 @@ def generate_instructions(
     """(train, held-out) instruction examples about ``world``, fully determined by ``seed``.
 
     Families are balanced in each split. The splits use separate RNG streams, and a held-out
-    example's user prompt never occurs in the training set (see ``_is_heldout_prompt``).
+    example's user prompt never occurs in the training set (see ``is_heldout_prompt``).
     Held-out prefers distinct prompts; small families repeat prompts once they run out.
     """
     if num_train < 0 or num_heldout < 0:
@@ -428,16 +424,16 @@ def generate_instructions(
         raise ValueError("the world has no people to ask about")
     train = _fill(
         world,
-        random.Random(_stream_seed(seed, "sft-train")),
+        random.Random(stream_seed(seed, "sft-train")),
         num_train,
         "train",
-        lambda prompt: not _is_heldout_prompt(prompt, seed),
+        lambda prompt: not is_heldout_prompt(prompt, seed),
     )
     heldout = _fill(
         world,
-        random.Random(_stream_seed(seed, "sft-heldout")),
+        random.Random(stream_seed(seed, "sft-heldout")),
         num_heldout,
         "heldout",
-        lambda prompt: _is_heldout_prompt(prompt, seed),
+        lambda prompt: is_heldout_prompt(prompt, seed),
     )
     return train, heldout

@@ -29,11 +29,11 @@ FORMATS = ("auto", "text", "jsonl")
 T = TypeVar("T")
 
 
-def _has_magic(path: str) -> bool:
+def has_glob_magic(path: str) -> bool:
     return any(ch in path for ch in "*?[")
 
 
-def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def display_name(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """How a file is named in messages: a plain path locally, the full URI elsewhere."""
     protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
     if "file" in protocols or "local" in protocols:
@@ -41,12 +41,12 @@ def _display(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return fs.unstrip_protocol(path)
 
 
-def _is_hidden(path: str, root: str) -> bool:
+def is_hidden(path: str, root: str) -> bool:
     rel = path[len(root) :].strip("/")
     return any(part.startswith(".") for part in rel.split("/") if part)
 
 
-def _resolve_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+def resolve_record_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     """The sorted files a URI stands for (a file, a folder's corpus files, or a glob).
 
     Failures of the storage itself (unknown protocol, missing s3fs, no credentials, an
@@ -64,7 +64,7 @@ def _resolve_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
 
 def _list_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     fs, path = url_to_fs(uri, **storage_options(uri))
-    if _has_magic(path) and not fs.exists(path):
+    if has_glob_magic(path) and not fs.exists(path):
         files = sorted(p for p in fs.glob(path) if fs.isfile(p))
         if not files:
             raise DataError(f"{uri}: no files match this pattern")
@@ -75,7 +75,7 @@ def _list_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
         files = sorted(
             p
             for p in fs.find(root)
-            if p.lower().endswith(FOLDER_EXTENSIONS) and not _is_hidden(p, root)
+            if p.lower().endswith(FOLDER_EXTENSIONS) and not is_hidden(p, root)
         )
         if not files:
             raise DataError(
@@ -87,7 +87,7 @@ def _list_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
     raise DataError(f"{uri}: no such file or folder")
 
 
-def _iter_lines(fs: fsspec.AbstractFileSystem, path: str, name: str) -> Iterator[tuple[int, str]]:
+def iter_lines(fs: fsspec.AbstractFileSystem, path: str, name: str) -> Iterator[tuple[int, str]]:
     """(1-based line number, decoded line without its newline); bad UTF-8 names the line."""
     try:
         with fs.open(path, "rb") as fh:
@@ -105,7 +105,7 @@ def _iter_lines(fs: fsspec.AbstractFileSystem, path: str, name: str) -> Iterator
         raise DataError(f"{name}: cannot read ({err})") from err
 
 
-def _iter_text(lines: Iterable[tuple[int, str]]) -> Iterator[str]:
+def iter_text(lines: Iterable[tuple[int, str]]) -> Iterator[str]:
     """Documents of a plain-text file.
 
     Blocks of non-blank lines separated by blank lines are documents. A file with a single
@@ -158,10 +158,10 @@ def iter_json_lines(
 def _iter_jsonl(lines: Iterable[tuple[int, str]], name: str, field: str) -> Iterator[str]:
     """The ``field`` string of each JSON object, one object per non-blank line."""
     for lineno, record in iter_json_lines(lines, name):
-        yield _field_of(record, field, lambda msg, n=lineno: at(name, n, msg))
+        yield field_of(record, field, lambda msg, n=lineno: at(name, n, msg))
 
 
-def _field_of(record: Any, field: str, error: Any) -> str:
+def field_of(record: Any, field: str, error: Any) -> str:
     if not isinstance(record, dict):
         raise error(f"expected a JSON object, got {type(record).__name__}")
     if field not in record:
@@ -184,17 +184,17 @@ def iter_text_records(uri: str, fmt: str = "auto", field: str = "text") -> Itera
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (expected one of {', '.join(FORMATS)})")
-    fs, files = _resolve_files(uri)
+    fs, files = resolve_record_files(uri)
     for path in files:
-        name = _display(fs, path)
+        name = display_name(fs, path)
         file_fmt = fmt
         if fmt == "auto":
             file_fmt = "jsonl" if path.lower().endswith(JSONL_EXTENSIONS) else "text"
-        lines = _iter_lines(fs, path, name)
+        lines = iter_lines(fs, path, name)
         if file_fmt == "jsonl":
             yield from _iter_jsonl(lines, name, field)
         else:
-            yield from _iter_text(lines)
+            yield from iter_text(lines)
 
 
 def iter_hf_dataset(name: str, config: str | None, split: str, field: str) -> Iterator[str]:
@@ -233,7 +233,7 @@ def iter_hf_dataset(name: str, config: str | None, split: str, field: str) -> It
         if isinstance(value, str) and not value.strip():
             index += 1
             continue
-        yield _field_of(record, field, error)
+        yield field_of(record, field, error)
         index += 1
 
 

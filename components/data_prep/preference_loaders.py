@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 from components.common.errors import DataError, at
 from components.data_prep.loaders import (
-    _display,
-    _field_of,
-    _iter_lines,
-    _resolve_files,
+    display_name,
+    field_of,
+    iter_lines,
+    resolve_record_files,
     iter_json_lines,
     load_each_source,
 )
@@ -175,7 +175,7 @@ def _split_shared(chosen: Messages, rejected: Messages, error: Error) -> tuple[M
     return prompt_c, chosen[-1]["content"].strip(), rejected[-1]["content"].strip()
 
 
-def _optional_str(record: dict[str, Any], field: str, error: Error) -> str | None:
+def optional_str(record: dict[str, Any], field: str, error: Error) -> str | None:
     """``record[field]`` as a string, or None where absent or null.
 
     Null is treated as absent because exports from dataframes write missing values as null;
@@ -186,7 +186,7 @@ def _optional_str(record: dict[str, Any], field: str, error: Error) -> str | Non
         return None
     if field == "id" and isinstance(value, int) and not isinstance(value, bool):
         return str(value)
-    return _field_of(record, field, error)
+    return field_of(record, field, error)
 
 
 def _to_pair(record: Any, default_id: str, error: Error) -> PreferencePair:
@@ -230,8 +230,8 @@ def _to_pair(record: Any, default_id: str, error: Error) -> PreferencePair:
     if not any(t["role"] == "user" for t in prompt):
         raise error("the prompt has no user turn")
     return PreferencePair(
-        id=_optional_str(record, "id", error) or default_id,
-        family=_optional_str(record, "family", error) or DEFAULT_FAMILY,
+        id=optional_str(record, "id", error) or default_id,
+        family=optional_str(record, "family", error) or DEFAULT_FAMILY,
         prompt=prompt,
         chosen=chosen_reply,
         rejected=rejected_reply,
@@ -247,12 +247,12 @@ def load_preference_file(uri: str) -> list[PreferencePair]:
     ``id`` gets ``file:line``, which also says where to look. A file without records is an
     error: an empty split would otherwise surface much later as a trainer with nothing to do.
     """
-    fs, files = _resolve_files(uri)
+    fs, files = resolve_record_files(uri)
     pairs: list[PreferencePair] = []
     for path in files:
-        name = _display(fs, path)
+        name = display_name(fs, path)
         before = len(pairs)
-        for lineno, record in iter_json_lines(_iter_lines(fs, path, name), name):
+        for lineno, record in iter_json_lines(iter_lines(fs, path, name), name):
 
             def error(msg: str, n: int = lineno) -> DataError:
                 return at(name, n, msg)

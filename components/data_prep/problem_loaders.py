@@ -32,13 +32,13 @@ from components.common.errors import DataError, at
 from components.data_prep.chat_loaders import chat_turns
 from components.data_prep.json_records import iter_records
 from components.data_prep.loaders import (
-    _display,
-    _field_of,
-    _iter_lines,
-    _resolve_files,
+    display_name,
+    field_of,
+    iter_lines,
+    resolve_record_files,
     load_each_source,
 )
-from components.data_prep.preference_loaders import _optional_str
+from components.data_prep.preference_loaders import optional_str
 from components.data_prep.problems import Problem, final_sentence
 from components.common.answer_format import normalize_number
 from components.data_prep.records import Skip, SkipReport, collect
@@ -69,9 +69,9 @@ def _prompt(record: dict[str, Any], error: Error) -> list[dict[str, str]]:
             return turns
         if not isinstance(value, str):
             raise error(f"field 'prompt' must be a string or a list of messages, got {type(value).__name__}")
-        return [{"role": "user", "content": _field_of(record, "prompt", error).strip()}]
+        return [{"role": "user", "content": field_of(record, "prompt", error).strip()}]
     if "question" in record:
-        return [{"role": "user", "content": _field_of(record, "question", error).strip()}]
+        return [{"role": "user", "content": field_of(record, "question", error).strip()}]
     keys = ", ".join(sorted(map(str, record))) or "none"
     raise error(
         f"missing field 'prompt' (or 'question') (fields present: {keys}); expected one of: "
@@ -110,7 +110,7 @@ def _answer(record: dict[str, Any], error: Error) -> tuple[str, str | None]:
     value = record["answer"]
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise error(f"field 'answer' must be a number or a string, got {type(value).__name__}")
-    solution = _optional_str(record, "solution", error)
+    solution = optional_str(record, "solution", error)
     if isinstance(value, str) and MARKER in value:
         worked, _, final = value.rpartition(MARKER)
         answer = _number(final, "answer", error)
@@ -136,8 +136,8 @@ def _to_problem(record: Any, default_id: str, error: Error) -> Problem:
     prompt = _prompt(record, error)
     answer, solution = _answer(record, error)
     return Problem(
-        id=_optional_str(record, "id", error) or default_id,
-        family=_optional_str(record, "family", error) or DEFAULT_FAMILY,
+        id=optional_str(record, "id", error) or default_id,
+        family=optional_str(record, "family", error) or DEFAULT_FAMILY,
         difficulty=_difficulty(record, error),
         prompt=prompt,
         answer=answer,
@@ -151,11 +151,11 @@ def _iter_file_records(uri: str) -> Iterator[tuple[Any, str, str, Error]]:
     Files are read in sorted order, so ids and order are reproducible. A file without records
     is an error: an empty split would otherwise surface later as a trainer with nothing to do.
     """
-    fs, files = _resolve_files(uri)
+    fs, files = resolve_record_files(uri)
     for path in files:
-        name = _display(fs, path)
+        name = display_name(fs, path)
         count = 0
-        for lineno, default_id, record in iter_records(_iter_lines(fs, path, name), name):
+        for lineno, default_id, record in iter_records(iter_lines(fs, path, name), name):
             count += 1
             yield record, default_id, f"{name}:{lineno}", partial(at, name, lineno)
         if not count:
@@ -228,7 +228,7 @@ def _boxed_record(value: Any, error: Error) -> dict[str, Any]:
     interval) is left out by rule: the RLVR verifiers compare numbers."""
     if not isinstance(value, dict):
         raise error(f"expected a JSON object, got {type(value).__name__}")
-    solution = _field_of(value, "solution", error)
+    solution = field_of(value, "solution", error)
     boxed = last_boxed(solution)
     if boxed is None:
         raise error("field 'solution' has no \\boxed{...} answer")

@@ -16,7 +16,7 @@ more. ..."), so the tiny model already knows every word. Operands are 1-9 and ev
 total stays within 0..``MAX_VALUE`` (20), the range the corpus' arithmetic covers.
 
 Splits follow ``instructions``: separate RNG streams per split, and the same seeded hash of the
-prompt text (``_is_heldout_prompt``) reserves held-out prompts, so no held-out problem's prompt
+prompt text (``is_heldout_prompt``) reserves held-out prompts, so no held-out problem's prompt
 ever appears in training, in RLVR or in the SFT examples made from training problems.
 """
 
@@ -27,14 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from components.data_prep.corpus import ITEMS, _stream_seed
+from components.data_prep.corpus import ITEMS, capitalize_first, stream_seed
 from components.data_prep.instructions import (
     ANSWER_PREFIX,
     ROLES,
     Example,
-    _cap,
-    _is_heldout_prompt,
-    _other,
+    is_heldout_prompt,
+    other_name,
 )
 from components.data_prep.world import Person, World
 
@@ -175,12 +174,12 @@ def word_problem(world: World, rng: random.Random, difficulty: int) -> Draft:
     sentences = [f"{p.name} has {_amount(total, item)}."]
     equations = []
     for k in range(difficulty):
-        text, op, b = _step(p, _other(world, p, rng), item, total, rng)
+        text, op, b = _step(p, other_name(world, p, rng), item, total, rng)
         new = total + b if op == "+" else total - b
         equations.append(f"{total} {op} {b} = {new}.")
         total = new
         if k == 0:
-            sentences.append(_cap(text.replace("{he}", p.pronoun)))
+            sentences.append(capitalize_first(text.replace("{he}", p.pronoun)))
         else:
             lead = rng.choice(("Then", "After that,", "Later,"))
             sentences.append(f"{lead} {text.replace('{he}', p.pronoun)}")
@@ -246,7 +245,7 @@ def _split(world: World, seed: int, n: int, max_difficulty: int, split: str) -> 
     Held-out problems avoid repeating a prompt while distinct ones can still be found (more
     distinct problems measure more); training problems may repeat, like any sampled data.
     """
-    rng = random.Random(_stream_seed(seed, f"rlvr-{split}"))
+    rng = random.Random(stream_seed(seed, f"rlvr-{split}"))
     want_heldout = split == "heldout"
     seen: set[str] = set()
     problems: list[Problem] = []
@@ -255,7 +254,7 @@ def _split(world: World, seed: int, n: int, max_difficulty: int, split: str) -> 
         for attempt in range(2 * DRAW_BUDGET):
             question, answer, solution = FAMILIES[family](world, rng, difficulty)
             fresh = not want_heldout or question not in seen or attempt >= DRAW_BUDGET
-            if _is_heldout_prompt(question, seed) == want_heldout and fresh:
+            if is_heldout_prompt(question, seed) == want_heldout and fresh:
                 draft = question, answer, solution
                 break
         if draft is None:

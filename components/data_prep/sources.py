@@ -24,7 +24,7 @@ from fsspec.core import url_to_fs
 
 from components.common.errors import DataError, at
 from components.common.storage import storage_options
-from components.data_prep.loaders import _display, _has_magic, _is_hidden, _iter_text, iter_hf_dataset, iter_json_lines
+from components.data_prep.loaders import display_name, has_glob_magic, is_hidden, iter_text, iter_hf_dataset, iter_json_lines
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 KINDS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -90,14 +90,14 @@ def resolve_files(uri: str) -> tuple[Any, list[str]]:
     storage failures are a ``DataError`` naming the URI."""
     try:
         fs, path = url_to_fs(uri, **storage_options(uri))
-        if _has_magic(path) and not fs.exists(path):
+        if has_glob_magic(path) and not fs.exists(path):
             files = sorted(p for p in fs.glob(path) if fs.isfile(p))
             if not files:
                 raise DataError(f"{uri}: no files match this pattern")
             return fs, files
         if fs.isdir(path):
             root = path.rstrip("/")
-            files = sorted(p for p in fs.find(root) if _is_corpus_file(p) and not _is_hidden(p, root))
+            files = sorted(p for p in fs.find(root) if _is_corpus_file(p) and not is_hidden(p, root))
             if not files:
                 raise DataError(
                     f"{uri}: folder has no corpus files (*.txt, *.jsonl, *.json, *.parquet, optionally .gz/.zst)"
@@ -142,9 +142,9 @@ def plan_units(sources: list[Any]) -> list[Unit]:
         fs, files = resolve_files(source.uri)
         for path in files:
             kind, compression = describe_file(path, source.format)
-            uri = fs.unstrip_protocol(path) if not _display(fs, path) == path else path
+            uri = fs.unstrip_protocol(path) if not display_name(fs, path) == path else path
             base = {"uri": uri, "kind": kind, "compression": compression, "field": source.field,
-                    "name": _display(fs, path)}
+                    "name": display_name(fs, path)}
             if kind == "parquet":
                 if compression:
                     raise DataError(f"{base['name']}: Parquet compresses its own pages; do not wrap it in {compression}")
@@ -239,7 +239,7 @@ def iter_unit(unit: Unit) -> Iterator[str]:
             if value.strip():
                 yield value
     else:
-        yield from _iter_text(_lines(unit))
+        yield from iter_text(_lines(unit))
 
 
 def check_sources(sources: list[Any]) -> None:

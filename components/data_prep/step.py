@@ -27,7 +27,7 @@ from components.common.config import Config
 from components.common.errors import DataError
 from components.common.stage import StageContext, stage_context
 from components.data_prep.chat_loaders import load_instruction_sources
-from components.data_prep.corpus import _stream_seed, generate_corpus
+from components.data_prep.corpus import stream_seed, generate_corpus
 from components.data_prep.demonstrations import flaw_demonstrations
 from components.data_prep.instructions import REPLY_FORMATS, Example, generate_instructions, to_record
 from components.data_prep.manifest import DATASET_KINDS, MANIFEST, data_uri, dataset_refs, load_manifest  # noqa: F401
@@ -216,7 +216,7 @@ def _mix_problems(sft_train: list[Example], worked: list[Example], seed: int) ->
     (seeded), so SFT teaches the "The answer is N." replies RLVR rewards without any batch
     being only problems."""
     mixed = sft_train + worked
-    random.Random(_stream_seed(seed, "sft-problem-mix")).shuffle(mixed)
+    random.Random(stream_seed(seed, "sft-problem-mix")).shuffle(mixed)
     return mixed
 
 
@@ -258,7 +258,7 @@ def _preferences(
         # Users' pairs (e.g. exported from the labelling page) plus the generated ones, each
         # split on its own so both kinds are held out; shuffled together, seeded.
         gen_train, gen_heldout, gen_source = _generated_preferences(cfg, world, sft_train, sft_heldout)
-        rng = random.Random(_stream_seed(cfg.seed, "preference-mix"))
+        rng = random.Random(stream_seed(cfg.seed, "preference-mix"))
         train, heldout = train + gen_train, heldout + gen_heldout
         rng.shuffle(train)
         return train, heldout, f"{source} + {gen_source}"

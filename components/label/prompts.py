@@ -24,9 +24,9 @@ from components.common import storage
 from components.common.errors import DataError, at
 from components.data_prep.chat_loaders import chat_turns
 from components.data_prep.loaders import (
-    _display,
-    _iter_lines,
-    _resolve_files,
+    display_name,
+    iter_lines,
+    resolve_record_files,
     iter_json_lines,
 )
 
@@ -60,11 +60,11 @@ def _messages_of(record: Any, error) -> list[dict[str, str]]:
 
 def load_prompts(uri: str) -> list[Prompt]:
     """Every prompt of a file, folder or glob (sorted files), in file order."""
-    fs, files = _resolve_files(uri)
+    fs, files = resolve_record_files(uri)
     prompts: list[Prompt] = []
     for path in files:
-        name = _display(fs, path)
-        lines = _iter_lines(fs, path, name)
+        name = display_name(fs, path)
+        lines = iter_lines(fs, path, name)
         if path.lower().endswith(".txt"):
             for lineno, line in lines:
                 if line.strip():
