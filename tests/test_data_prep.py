@@ -130,7 +130,7 @@ def test_missing_corpus_path_is_named(make_config, tmp_path):
 
 def test_malformed_jsonl_line_names_file_and_line(make_config, tmp_path):
     path = _user_corpus(tmp_path, [json.dumps({"text": "fine"}), "{not json", json.dumps({"text": "x"})])
-    cfg = make_config(f"data.sources=[{{uri: '{path}'}}]")
+    cfg = make_config(f"data.sources=[{{uri: '{path}'}}]", "data.instructions.fallback=generated")
     with pytest.raises(DataError, match=r"corpus\.jsonl:2"):
         run_data_prep(cfg, "bad")
     # nothing that looks finished was left behind, and the MLflow run is kept, marked FAILED
