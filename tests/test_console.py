@@ -159,7 +159,7 @@ def test_a_small_run_without_a_terminal_prints_few_lines(tmp_path):
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FROMSCRATCH_EVENTS")}
     env["PYTHONPATH"] = str(REPO)
-    args = [sys.executable, "-m", "pipelines.cli", "run", "--run-id", "quiet", "--progress-every", "10"]
+    args = [sys.executable, "-m", "pipelines.cli", "run", "--new-run-id", "quiet", "--progress-every", "10"]
     proc = subprocess.run(args + [x for o in overrides for x in ("--set", o)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=1800)
     console = (proc.stdout + proc.stderr).splitlines()

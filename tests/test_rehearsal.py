@@ -23,7 +23,7 @@ def test_rehearsal_pipeline_under_zero3_bf16(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "run", "--preset", "rehearsal", "--run-id", "rehearsal",
+        [sys.executable, "-m", "pipelines.cli", "run", "--preset", "rehearsal", "--new-run-id", "rehearsal",
          "--set", f"storage.root={tmp_path / 'runs'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
     )

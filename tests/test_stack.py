@@ -85,7 +85,7 @@ def test_preflight_against_the_real_services(stack, make_config, monkeypatch, ca
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     good = [*stack.overrides(), f"ray.address={stack.ray_address}"]
-    assert [r.name for r in run_preflight(make_config(*good))] == ["storage", "tracking", "ray"]
+    assert [r.name for r in run_preflight(make_config(*good))] == ["inputs", "storage", "tracking", "ray"]
     for key, value in env_changes.items():
         monkeypatch.setenv(key, value)
     cfg = make_config(*good, *[o.format(closed=closed) for o in overrides])
