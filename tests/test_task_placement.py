@@ -143,16 +143,20 @@ def _wired(pipe: compiled_ir.CompiledPipeline) -> None:
                     "pipelines.cluster.configure_task yet (see the report)")
 
 
-def test_wired_gpu_pipeline_requests_gpus_for_training_only(compiled):
+def test_wired_gpu_pipeline_requests_gpus_for_training_and_evaluation(compiled):
     pipe = compiled["gpu"]
     _wired(pipe)
     for name, task in pipe.tasks.items():
         stage = _stage(name)
         secrets = {s["secretName"] for s in task.kubernetes.get("secretAsEnv", [])}
         assert secrets == {"fromscratch-s3", "fromscratch-mlflow"}, name
-        if stage in ("data_prep", "evaluate"):
+        if stage == "data_prep":
             assert "accelerator" not in task.resources, name
             assert "nodeSelector" not in task.kubernetes, name
+        elif stage == "evaluate":  # a GPU task of its own on the gpu preset (batched, bf16), no Ray shm
+            assert task.resources["accelerator"]["resourceCount"] == "1", name
+            assert task.kubernetes["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}, name
+            assert "emptyDirMounts" not in task.kubernetes, name
         else:
             assert task.resources["accelerator"]["resourceCount"] == "1", name
             assert task.resources["accelerator"]["resourceType"] == "nvidia.com/gpu", name
