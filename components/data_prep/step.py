@@ -20,6 +20,7 @@ import logging
 import random
 import tempfile
 import time
+from collections.abc import Container
 from typing import Any
 
 from components.common import storage
@@ -71,26 +72,16 @@ def _corpus_units(cfg: Config, out: str) -> tuple[list[Unit], dict[str, Any] | N
     return units, world.to_dict(), f"generated world (seed {cfg.seed})"
 
 
-def _clear_attempt(out: str, inside: str) -> None:
-    """Remove what an unfinished attempt wrote, except the corpus work it can reuse; never
-    anything outside the run folder ``inside``."""
-    storage.check_deletable(out, inside)
-    if not storage.exists(out):
+def _remove_except(folder: str, keep: Container[str], inside: str) -> None:
+    """Delete the entries of ``folder`` not named in ``keep``, never anything outside the run
+    folder ``inside``: what an unfinished attempt wrote (its reusable corpus work kept), or the
+    shard files of an earlier attempt that this manifest does not list."""
+    storage.check_deletable(folder, inside)
+    if not storage.exists(folder):
         return
-    fs, path = storage.filesystem(out)
+    fs, path = storage.filesystem(folder)
     for entry in fs.ls(path, detail=False):
-        if entry.rstrip("/").rsplit("/", 1)[-1] not in RESUMABLE:
-            fs.rm(entry, recursive=True)
-
-
-def _prune_shards(shard_dir: str, listed: set[str], inside: str) -> None:
-    """Shard files of an earlier attempt that this manifest does not list (other settings)."""
-    storage.check_deletable(shard_dir, inside)
-    if not storage.exists(shard_dir):
-        return
-    fs, path = storage.filesystem(shard_dir)
-    for entry in fs.ls(path, detail=False):
-        if entry.rstrip("/").rsplit("/", 1)[-1] not in listed:
+        if entry.rstrip("/").rsplit("/", 1)[-1] not in keep:
             fs.rm(entry, recursive=True)
 
 
@@ -329,7 +320,7 @@ def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
     out = data_uri(ctx.run_uri)
     started = time.perf_counter()
     start = resolve_start(cfg, ctx.tracker.client)  # first: a bad init_from fails before any work
-    _clear_attempt(out, ctx.run_uri)  # a folder without the marker is an unfinished attempt
+    _remove_except(out, RESUMABLE, ctx.run_uri)  # a folder without the marker is an unfinished attempt
     units, world, source = _corpus_units(cfg, out)
     log.info("corpus: %d units from %s", len(units), source)
 
@@ -459,7 +450,7 @@ def _prepare(ctx: StageContext, ctx_started_ray: list[bool]) -> dict[str, Any]:
         "skipped": skips,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    _prune_shards(shard_dir, {s.file for t in (packed.train, packed.heldout) for s in t.shards}, ctx.run_uri)
+    _remove_except(shard_dir, {s.file for t in (packed.train, packed.heldout) for s in t.shards}, ctx.run_uri)
     storage.remove(work, inside=ctx.run_uri)
     storage.write_json(storage.join(out, MANIFEST), manifest)
     storage.mark_complete(out, {"stage": "data_prep"})
