@@ -99,7 +99,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     # the reasoning suite ran on every checkpoint, with per-difficulty figures
     for name in ("init", "pretrain", "sft", "preference", "rlvr"):
         reason = results[name]["metrics"]
-        assert 0.0 <= reason["reason.pass_at_1"] <= reason["reason.pass_at_k"] <= 1.0, (name, reason)
+        # pass@1 is greedy; pass@k the unbiased estimate from n replies sampled at temperature, so
+        # (unlike "greedy or any of k") it may sit below greedy pass@1 on a small model
+        assert 0.0 <= reason["reason.pass_at_1"] <= 1.0 and 0.0 <= reason["reason.pass_at_k"] <= 1.0, (name, reason)
+        assert (reason["reason.pass_k"], reason["reason.pass_n"]) == (2, 8), (name, reason)
         assert "reason.pass_at_1.d1" in reason
     assert (run_dir / "checkpoints" / "rlvr" / "_COMPLETE").is_file()
 
