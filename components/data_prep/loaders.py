@@ -46,45 +46,47 @@ def is_hidden(path: str, root: str) -> bool:
     return any(part.startswith(".") for part in rel.split("/") if part)
 
 
-def resolve_record_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
-    """The sorted files a URI stands for (a file, a folder's corpus files, or a glob).
+def resolve_files_where(
+    uri: str, wanted: Callable[[str], bool], folder_holds: str
+) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    """The sorted files a URI stands for: the file itself, the matches of a glob, or the files of
+    a folder (at any depth) that ``wanted`` accepts; hidden files and folders (.git, .DS_Store,
+    editor swap files) never. An empty folder is an error saying it has no ``folder_holds``.
 
     Failures of the storage itself (unknown protocol, missing s3fs, no credentials, an
     unreachable endpoint) are reported as ``DataError`` naming the URI, because they are
     fixed by the user's configuration, and the raw botocore/aiohttp traceback would not
-    say which of several sources was at fault.
+    say which of several sources was at fault. Every reader of users' files resolves through
+    this one function; they differ only in which files a folder may hold.
     """
     try:
-        return _list_files(uri)
+        fs, path = url_to_fs(uri, **storage_options(uri))
+        if has_glob_magic(path) and not fs.exists(path):
+            files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+            if not files:
+                raise DataError(f"{uri}: no files match this pattern")
+            return fs, files
+        if fs.isdir(path):
+            root = path.rstrip("/")
+            files = sorted(p for p in fs.find(root) if wanted(p) and not is_hidden(p, root))
+            if not files:
+                raise DataError(f"{uri}: folder has no {folder_holds}")
+            return fs, files
+        if fs.isfile(path):
+            return fs, [path]
+        raise DataError(f"{uri}: no such file or folder")
     except DataError:
         raise
     except Exception as err:
         raise DataError(f"{uri}: cannot access ({type(err).__name__}: {err})") from err
 
 
-def _list_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
-    fs, path = url_to_fs(uri, **storage_options(uri))
-    if has_glob_magic(path) and not fs.exists(path):
-        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
-        if not files:
-            raise DataError(f"{uri}: no files match this pattern")
-        return fs, files
-    if fs.isdir(path):
-        root = path.rstrip("/")
-        # Hidden files and folders (.git, .DS_Store, editor swap files) are never corpus text.
-        files = sorted(
-            p
-            for p in fs.find(root)
-            if p.lower().endswith(FOLDER_EXTENSIONS) and not is_hidden(p, root)
-        )
-        if not files:
-            raise DataError(
-                f"{uri}: folder has no {', '.join('*' + e for e in FOLDER_EXTENSIONS)} files"
-            )
-        return fs, files
-    if fs.isfile(path):
-        return fs, [path]
-    raise DataError(f"{uri}: no such file or folder")
+def resolve_record_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    """The sorted files a URI stands for (a file, a folder's record files, or a glob)."""
+    return resolve_files_where(
+        uri, lambda p: p.lower().endswith(FOLDER_EXTENSIONS),
+        f"{', '.join('*' + e for e in FOLDER_EXTENSIONS)} files",
+    )
 
 
 def iter_lines(fs: fsspec.AbstractFileSystem, path: str, name: str) -> Iterator[tuple[int, str]]:

@@ -27,12 +27,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from fsspec.core import url_to_fs
 
 from components.common.config.data import DatasetRecipe
 from components.common.errors import DataError
-from components.common.storage import storage_options
 from components.data_prep.json_records import iter_records
+from components.data_prep.loaders import resolve_files_where
 
 log = logging.getLogger(__name__)
 
@@ -99,29 +98,9 @@ def _is_record_file(path: str) -> bool:
 def resolve_files(uri: str) -> tuple[Any, list[str]]:
     """The sorted files a URI stands for: a file, a folder's record files (compressed ones
     included, hidden ones never), or a glob. Storage failures name the URI."""
-    try:
-        fs, path = url_to_fs(uri, **storage_options(uri))
-        if any(ch in path for ch in "*?[") and not fs.exists(path):
-            files = sorted(p for p in fs.glob(path) if fs.isfile(p))
-            if not files:
-                raise DataError(f"{uri}: no files match this pattern")
-            return fs, files
-        if fs.isdir(path):
-            root = path.rstrip("/")
-            files = sorted(
-                p for p in fs.find(root)
-                if _is_record_file(p) and not any(part.startswith(".") for part in p[len(root):].split("/") if part)
-            )
-            if not files:
-                raise DataError(f"{uri}: folder has no JSON Lines, JSON, Parquet or text files (compressed or not)")
-            return fs, files
-        if fs.isfile(path):
-            return fs, [path]
-        raise DataError(f"{uri}: no such file or folder")
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"{uri}: cannot access ({type(err).__name__}: {err})") from err
+    return resolve_files_where(
+        uri, _is_record_file, "JSON Lines, JSON, Parquet or text files (compressed or not)"
+    )
 
 
 def _iter_lines(fs: Any, path: str, name: str) -> Iterator[tuple[int, str]]:

@@ -24,7 +24,7 @@ from fsspec.core import url_to_fs
 
 from components.common.errors import DataError, at
 from components.common.storage import storage_options
-from components.data_prep.loaders import display_name, has_glob_magic, is_hidden, iter_text, iter_hf_dataset, iter_json_lines
+from components.data_prep.loaders import display_name, iter_hf_dataset, iter_json_lines, iter_text, resolve_files_where
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 KINDS = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
@@ -88,28 +88,9 @@ def _is_corpus_file(path: str) -> bool:
 def resolve_files(uri: str) -> tuple[Any, list[str]]:
     """The sorted files a URI stands for (a file, a folder's corpus files, or a glob);
     storage failures are a ``DataError`` naming the URI."""
-    try:
-        fs, path = url_to_fs(uri, **storage_options(uri))
-        if has_glob_magic(path) and not fs.exists(path):
-            files = sorted(p for p in fs.glob(path) if fs.isfile(p))
-            if not files:
-                raise DataError(f"{uri}: no files match this pattern")
-            return fs, files
-        if fs.isdir(path):
-            root = path.rstrip("/")
-            files = sorted(p for p in fs.find(root) if _is_corpus_file(p) and not is_hidden(p, root))
-            if not files:
-                raise DataError(
-                    f"{uri}: folder has no corpus files (*.txt, *.jsonl, *.json, *.parquet, optionally .gz/.zst)"
-                )
-            return fs, files
-        if fs.isfile(path):
-            return fs, [path]
-        raise DataError(f"{uri}: no such file or folder")
-    except DataError:
-        raise
-    except Exception as err:
-        raise DataError(f"{uri}: cannot access ({type(err).__name__}: {err})") from err
+    return resolve_files_where(
+        uri, _is_corpus_file, "corpus files (*.txt, *.jsonl, *.json, *.parquet, optionally .gz/.zst)"
+    )
 
 
 def _parquet_units(fs: Any, path: str, base: dict[str, Any]) -> list[Unit]:
