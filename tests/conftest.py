@@ -47,3 +47,10 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True)  # never a stray `ray start` cluster
     yield
     ray.shutdown()
+
+
+@pytest.fixture()
+def clean_env(monkeypatch):
+    """No MLFLOW_TRACKING_URI from the caller's environment during the test, and none left
+    behind by it (the original value, if any, comes back afterwards)."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -5,7 +5,6 @@ dropped and counted (never trained on), and the newest voted pairs are held out 
 from __future__ import annotations
 
 import json
-import os
 import uuid
 
 import pytest
@@ -20,15 +19,6 @@ SMALLER = ["data.generated.num_train_docs=300", "data.generated.num_heldout_docs
            "data.instructions.num_train=200", "data.instructions.num_heldout=20",
            "data.preferences.num_train=40", "data.preferences.num_heldout=10",
            "data.problems.num_train=40", "data.problems.num_heldout=10"]
-
-
-@pytest.fixture()
-def clean_env():
-    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if before is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def test_data_prep_snapshots_votes_and_refuses_heldout_prompts(make_config, tmp_path, clean_env):

@@ -23,15 +23,6 @@ from components.label.repository import Repository
 from components.label.simulate import judge, label_pairs_over_http
 
 
-@pytest.fixture()
-def clean_env():
-    before = os.environ.pop("MLFLOW_TRACKING_URI", None)
-    yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    if before is not None:
-        os.environ["MLFLOW_TRACKING_URI"] = before
-
-
 def _seed_pairs(db_url: str, n: int) -> None:
     Repository.from_url(db_url).add_pairs(
         {
