@@ -15,6 +15,11 @@ so peak RSS is that run's own):
   whole split as an int64 tensor), steps interleaved so both see the same machine load, and the
   streaming process's peak RSS.
 
+Beside the 1 vs 2 worker ratio it prints this machine's ceiling for it: the same fast-tokenizer
+work (the first documents of the corpus, in batches, no Ray, no I/O) in one bare process, then
+in two at once. Two vCPUs of a virtual machine do not give 2x (shared caches, memory bandwidth,
+the host's scheduling): no orchestration can beat that ratio.
+
 Ratios are printed side by side; nothing is asserted. The machine's 1-minute load is printed
 too: on a shared machine a load above the core count means the figures are noisy.
 """
@@ -74,7 +79,7 @@ def prep(corpus: str, out: str, workers: int) -> dict:
     cfg = load_config("tiny", [])
     # 1 worker runs on Ray Data too (concurrency 1), so the two counts differ only in workers
     ray.init(address="local", num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    units = plan_units([DataSource(uri=corpus)])
+    units = plan_units([DataSource(uri=corpus)], int(cfg.data.unit_mb * 1_000_000))
     started = time.perf_counter()
     scans, sample = scan(units, f"{out}/work", 0, cfg.data.tokenizer_sample_docs, 0.01, workers, True)
     scan_s = time.perf_counter() - started
@@ -151,6 +156,37 @@ def pretrain(out: str, steps: int, compare: bool) -> dict:
     return out_
 
 
+def tokenize_only(corpus: str, tokenizer_dir: str, docs: int) -> dict:
+    """Fast-tokenizer throughput of one bare process on the corpus's first ``docs`` documents."""
+    from tokenizers import Tokenizer
+
+    texts = []
+    for path in sorted(Path(corpus).glob("*.jsonl")):
+        with open(path) as fh:
+            for line in fh:
+                texts.append(json.loads(line)["text"])
+                if len(texts) == docs:
+                    break
+        if len(texts) == docs:
+            break
+    tokenizer = Tokenizer.from_file(str(Path(tokenizer_dir, "tokenizer.json")))
+    started, tokens = time.perf_counter(), 0
+    for i in range(0, len(texts), 256):
+        tokens += sum(len(e.ids) for e in tokenizer.encode_batch(texts[i:i + 256], add_special_tokens=False))
+    return {"tokens_per_s": tokens / (time.perf_counter() - started)}
+
+
+def ceiling(corpus: Path, tokenizer_dir: Path, docs: int = 12000) -> dict:
+    """Tokens/s of one bare tokenizing process, and of two running at once (their sum)."""
+    args = ["tok", str(corpus), str(tokenizer_dir), str(docs)]
+    alone = _child(args)["tokens_per_s"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    procs = [subprocess.Popen([sys.executable, __file__, "--child", *args], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    together = sum(json.loads(p.communicate()[0].strip().splitlines()[-1])["tokens_per_s"] for p in procs)
+    return {"alone": alone, "two_at_once": together, "ratio": together / alone}
+
+
 def _child(args: list[str]) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "0"}
     proc = subprocess.run([sys.executable, __file__, "--child", *args], env=env, capture_output=True, text=True)
@@ -171,11 +207,17 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        result = prep(rest[0], rest[1], int(rest[2])) if kind == "prep" else pretrain(rest[0], int(rest[1]), rest[2] == "1")
+        if kind == "prep":
+            result = prep(rest[0], rest[1], int(rest[2]))
+        elif kind == "tok":
+            result = tokenize_only(rest[0], rest[1], int(rest[2]))
+        else:
+            result = pretrain(rest[0], int(rest[1]), rest[2] == "1")
         print(json.dumps(result))
         return
     root = Path(args.root or tempfile.mkdtemp(prefix="stream-bench-"))
     rows = []
+    machine = None
     for size in args.sizes:
         corpus = root / f"corpus-{size}mb"
         if not corpus.exists():
@@ -189,6 +231,9 @@ def main() -> None:
             r.update(size_mb=size, workers=workers, load_before=load, load_after=os.getloadavg()[0])
             print(json.dumps(r), flush=True)
             rows.append(r)
+            if machine is None:
+                machine = ceiling(corpus, out / "tokenizer")
+                print(json.dumps({"ceiling": machine}), flush=True)
         out = root / f"out-{size}-{(args.workers if size <= 200 else args.big_workers)[-1]}"
         p = _child(["pretrain", str(out), str(args.pretrain_steps), "0"])
         p.update(size_mb=size)
@@ -205,7 +250,11 @@ def main() -> None:
     by = {(r["size_mb"], r["workers"]): r for r in rows if "pretrain" not in r}
     for size in args.sizes:
         if (size, 1) in by and (size, 2) in by:
-            print(f"{size} MB: 2 workers / 1 worker tokens/s = {by[(size, 2)]['tokens_per_s'] / by[(size, 1)]['tokens_per_s']:.2f}")
+            print(f"{size} MB: 2 workers / 1 worker tokens/s = {by[(size, 2)]['tokens_per_s'] / by[(size, 1)]['tokens_per_s']:.2f}"
+                  f" (pack only {by[(size, 2)]['pack_tokens_per_s'] / by[(size, 1)]['pack_tokens_per_s']:.2f})")
+    if machine:
+        print(f"machine ceiling: two bare tokenizing processes / one = {machine['ratio']:.2f} "
+              f"({machine['two_at_once']:.0f} vs {machine['alone']:.0f} tokens/s, no Ray, no I/O)")
     pre = [r["pretrain"] for r in rows if "pretrain" in r]
     for p in pre:
         line = f"pretrain {p['size_mb']} MB ({p['blocks']} blocks): streaming worker peak RSS {p['rss_mb']:.0f} MB"

@@ -228,7 +228,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_lineage(args: argparse.Namespace) -> int:
     from components.common.tracking import Tracker
 
-    if not args.target.startswith("m-"):
+    champion = args.target == "champion"
+    if not args.target.startswith("m-") and not champion:
         try:
             check_run_id(args.target)  # it goes into an MLflow search filter
         except ValueError as err:
@@ -237,7 +238,17 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     cfg = resolved_config(args)
     tracker = Tracker(cfg)
     model_id = args.target
-    if not model_id.startswith("m-"):
+    if champion:
+        from components.common.registry import champion_version
+        from components.common.tracking import version_model_id
+
+        name, alias = cfg.promotion.model_name, cfg.promotion.alias
+        version = champion_version(tracker.client, name, alias)
+        if version is None:
+            print(f"no model holds {name}@{alias} yet", file=sys.stderr)
+            return 1
+        model_id = version_model_id(version)
+    elif not model_id.startswith("m-"):
         found = tracker.find_model(args.target, args.stage)
         if not found:
             print(f"no finished '{args.stage}' model in run {args.target}", file=sys.stderr)
@@ -324,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lin = sub.add_parser("lineage", help="print a checkpoint's chain back to random init")
     common(lin)
-    lin.add_argument("target", help="an MLflow model id (m-...) or a run id")
+    lin.add_argument("target", help="an MLflow model id (m-...), a run id, or 'champion' (the model holding "
+                     "promotion.alias)")
     lin.add_argument(
         "--stage", default="rlvr",
         help="with a run id: whose checkpoint (rlvr, ppo, dpo, reward, sft, pretrain, init; default rlvr, the last)",

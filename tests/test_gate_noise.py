@@ -126,3 +126,30 @@ def test_paired_checks_directions_margins_and_missing_values():
     assert "not the same items" in check_gate([GateMetric(name="m")], {"m": better[:10]}, {"m": same})[0]["note"]
     new = check_gate([GateMetric(name="m")], {"m": better}, {})[0]
     assert new["passed"] and "champion has no value" in new["note"]
+
+
+def test_gate_on_held_out_loss_block_by_block():
+    """``heldout_loss`` (direction min) compares the two models' mean loss per held-out block:
+    a retraining that lowers every block's loss passes; one that only matches it does not."""
+    import numpy as np
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from components.common.config import GateMetric
+    from components.evaluate.perplexity import heldout_perplexity
+    from components.evaluate.promotion import check_gate
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    blocks = np.random.default_rng(0).integers(0, 50, size=(12, 9))
+    metrics, per_block = heldout_perplexity(model, blocks, batch_size=5)
+    assert len(per_block) == 12 and np.mean(per_block) == pytest.approx(metrics["heldout_loss"], rel=1e-5)
+
+    gate = [GateMetric(name="heldout_loss", direction="min", margin=0.0)]
+    rng = np.random.default_rng(1)
+    better = [x - 0.05 - 0.01 * rng.random() for x in per_block]
+    (passed,) = check_gate(gate, {"heldout_loss": better}, {"heldout_loss": per_block})
+    assert passed["passed"] and passed["ci_high"] < 0
+    (same,) = check_gate(gate, {"heldout_loss": list(per_block)}, {"heldout_loss": per_block})
+    assert not same["passed"]

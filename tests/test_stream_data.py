@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -56,6 +57,32 @@ def test_every_format_streams(tmp_path: Path):
     assert [u.row_groups for u in units[4:]] == [(0, 4), (4, 8)]  # 8 row groups, 4 per unit
     docs = [d for u in units for d in iter_unit(u)]
     assert len(docs) == 750 and docs[450] == _doc(450) and docs[-1] == _doc(9)
+
+
+@pytest.mark.parametrize("unit_bytes", [1, 997, 4096, 10_000, 10**9])
+def test_big_jsonl_is_cut_into_byte_ranges_that_read_every_line_once(tmp_path: Path, unit_bytes: int):
+    """Ranges cut anywhere (mid-line, on a line start, one byte each) read every document exactly
+    once and in file order, whatever the cut size."""
+    lines = [json.dumps({"text": _doc(i) + " x" * (i % 13)}) for i in range(300)]
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    units = plan_units([DataSource(uri=str(path))], unit_bytes)
+    expected_units = 1 if unit_bytes >= path.stat().st_size else -(-path.stat().st_size // unit_bytes)
+    assert len(units) == expected_units
+    docs = [d for u in units for d in iter_unit(u)]
+    assert docs == [json.loads(line)["text"] for line in lines]
+
+
+def test_error_in_a_byte_range_names_the_files_own_line(tmp_path: Path):
+    lines = [json.dumps({"text": _doc(i)}) for i in range(200)]
+    lines[176] = '{"text": broken'
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    units = plan_units([DataSource(uri=str(path))], 1500)
+    assert len(units) > 5
+    with pytest.raises(DataError, match=r"big\.jsonl:177: not valid JSON"):
+        for unit in units:
+            list(iter_unit(unit))
 
 
 def test_shards_identical_with_one_or_two_data_workers(make_config, local_ray, tmp_path: Path):
@@ -179,3 +206,27 @@ def test_bad_unit_on_ray_data_workers_is_named_too(make_config, local_ray, tmp_p
     cfg = _cfg(make_config, folder, "data.workers=2", "data.ray_min_mb=0")
     with pytest.raises(DataError, match=r"x\.txt:2: not valid UTF-8"):
         run_data_prep(cfg, "bad")
+
+
+@pytest.mark.parametrize("bucket_docs", [7, 10**6])
+def test_duplicates_are_every_later_copy_in_corpus_order(tmp_path: Path, monkeypatch, bucket_docs: int):
+    """Against a plain first-seen set: the later copies (unit, index) of each hash, whether the
+    hashes fit one bucket or are spread over many."""
+    from components.data_prep import token_shards
+
+    monkeypatch.setattr(token_shards, "DEDUP_BUCKET_DOCS", bucket_docs)
+    rng = np.random.default_rng(3)
+    counts = [40, 0, 25, 60]
+    pool = rng.integers(0, 2**63, size=70, dtype=np.uint64)  # fewer values than documents: many repeats
+    for unit, count in enumerate(counts):
+        path = tmp_path / "scan" / f"unit-{unit:05d}.npy"
+        path.parent.mkdir(exist_ok=True)
+        np.save(path, rng.choice(pool, size=count))
+    seen, expected = set(), {}
+    for unit, count in enumerate(counts):
+        for index, h in enumerate(np.load(tmp_path / "scan" / f"unit-{unit:05d}.npy") if count else []):
+            if int(h) in seen:
+                expected.setdefault(unit, []).append(index)
+            seen.add(int(h))
+    found = token_shards.find_duplicates(str(tmp_path), counts)
+    assert {u: v.tolist() for u, v in found.items()} == expected and sum(map(len, expected.values())) > 50

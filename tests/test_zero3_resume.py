@@ -31,3 +31,27 @@ def test_zero3_pretrain_killed_worker_resumes(make_config, local_ray):
     assert {k: tuple(v.shape) for k, v in final.items()} == {k: tuple(v.shape) for k, v in init.items()}
     assert all(v.numel() > 0 for v in final.values())
     assert out["pretrain"]["final_train_loss"] < 7.0
+
+
+def test_zero3_pretrain_resumes_into_fewer_workers_through_universal_checkpoint(make_config, local_ray):
+    """Two workers under ZeRO-3 lose one after the first checkpoint and give up (no retries);
+    the re-run has one worker: the checkpoint, partitioned for two ranks, is converted to a
+    universal checkpoint and loaded (weights, Adam state, step and data position kept)."""
+    import pytest
+
+    from components.pretrain.step import run_pretrain
+
+    cfg = make_config(*ZERO3, "ray.max_failures=0")
+    with pytest.raises(Exception):
+        pretrain_with_a_killed_worker(cfg, "z3shrink")
+    ray_dir = os.path.join(cfg.storage.root, "z3shrink", "ray", "pretrain")
+    assert os.path.exists(os.path.join(ray_dir, "checkpoint_manager_snapshot.json"))
+
+    one = make_config(*ZERO3, "ray.num_workers=1")
+    manifest = storage.read_json(os.path.join(one.storage.root, "z3shrink", "data", "manifest.json"))
+    out = run_pretrain(one, "z3shrink", manifest["data_uri"])["pretrain"]
+    assert out["resumed_from_step"] >= 10 and out["resumed_universal"] is True
+    assert storage.is_complete(out["uri"])
+    final = load_file(os.path.join(out["uri"], "model.safetensors"))
+    assert all(v.numel() > 0 for v in final.values())
+    assert out["final_train_loss"] < 7.0

@@ -35,8 +35,6 @@ def build_deepspeed_config(
         zero["stage3_gather_16bit_weights_on_model_save"] = True
         if ds.stage3_param_persistence_threshold is not None:
             zero["stage3_param_persistence_threshold"] = ds.stage3_param_persistence_threshold
-    if ds.zero_stage in (1, 2) and ds.elastic_checkpoint:
-        zero["elastic_checkpoint"] = True  # optimizer state re-partitions to another worker count
     return {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum,

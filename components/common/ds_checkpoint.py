@@ -1,15 +1,24 @@
 """DeepSpeed checkpoints reported to Ray Train, shared by the hand-written loops (pre-training,
-PPO): save on every rank, name the process that wrote each part, restore after a restart."""
+PPO) and the HF/TRL stages: save on every rank, name the process that wrote each part, restore
+after a restart (into another number of workers through DeepSpeed's universal checkpoints)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import io
 import json
+import logging
 import os
+import shutil
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from components.common.scratch import scratch_dir
+
+log = logging.getLogger(__name__)
 
 CKPT_TAG = "ds"
 STATE_FILE = "trainer_state.json"
@@ -38,22 +47,49 @@ def report_checkpoint(engine, rank: int, step: int, metrics: dict[str, Any], cli
 
 def restore_checkpoint(engine) -> dict[str, Any] | None:
     """The ``client_state`` of the checkpoint Ray Train handed this (restarted) worker group,
-    after loading it into ``engine``; ``None`` on a fresh start."""
+    after loading it into ``engine``; ``None`` on a fresh start.
+
+    An engine configured by ``load_universal_config`` (the group has another number of workers
+    than the one that saved) gets the checkpoint converted to a universal one first."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as ckpt_dir:
-        return load_engine_checkpoint(engine, ckpt_dir)
+        if not engine.load_universal_checkpoint():
+            return load_engine_checkpoint(engine, ckpt_dir)
+        universal = scratch_dir("universal")
+        try:
+            to_universal(ckpt_dir, CKPT_TAG, universal)
+            return load_engine_checkpoint(engine, universal, tag=f"{CKPT_TAG}_universal")
+        finally:
+            shutil.rmtree(universal, ignore_errors=True)
 
 
-def load_engine_checkpoint(engine, ckpt_dir: str | Path) -> dict[str, Any]:
-    """Load a checkpoint ``report_checkpoint`` wrote into ``engine``, reading every file as
-    data only (``weights_only_loads``); returns its ``client_state``."""
-    install_elastic_loader()
+def load_engine_checkpoint(engine, ckpt_dir: str | Path, tag: str = CKPT_TAG) -> dict[str, Any]:
+    """Load a checkpoint ``report_checkpoint`` wrote (or its universal conversion) into
+    ``engine``, reading every file as data only (``weights_only_loads``); its ``client_state``.
+
+    DeepSpeed 0.19's universal load under ZeRO-3 gives every parameter group the first group's
+    hyperparameters, so the no-decay group (norms, biases) would start decaying after a resume
+    (measured: the next step off by lr x weight_decay x |bias|). The groups' own settings are
+    ours, not the checkpoint's: they are put back after the load; the learning rate, which the
+    schedule owns, is left as loaded. The same load hands one ``step`` tensor to every group's
+    state, which torch's AdamW then advances once per group at every step (a later group's bias
+    correction runs ahead): each state gets its own copy."""
+    groups = engine.optimizer.optimizer.param_groups if engine.load_universal_checkpoint() else []
+    configured = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in groups]
+    import torch
+
     with weights_only_loads():
-        _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=CKPT_TAG)
+        _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    for group, settings in zip(engine.optimizer.optimizer.param_groups if groups else [], configured):
+        group.update(settings)
+    if groups:
+        for state in engine.optimizer.optimizer.state.values():
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].clone()
     return dict(client_state or {})
 
 
@@ -112,18 +148,17 @@ def weights_only_loads() -> Iterator[None]:
             os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
-# ---- elastic checkpoints: restore into another number of workers ------------------------------
+# ---- resuming into another number of workers: DeepSpeed's universal checkpoints ----------------
 #
-# With ``deepspeed.elastic_checkpoint`` (set whenever ``ray.min_workers`` allows a smaller worker
-# group) ZeRO-1/2 save their optimizer state without DP padding, so it can be merged and re-split
-# for another data-parallel size. DeepSpeed 0.19 still refuses such a load (and its merge expects
-# the optimizer step per param group, which torch optimizers keep per parameter), so the engine's
-# ``load_checkpoint`` is wrapped: for an elastic checkpoint it loads weights (the fp32 partitions of
-# all ranks merged and re-split), scheduler and client state, then re-partitions the optimizer
-# state itself. Our loops call it through ``restore_checkpoint``; HF/TRL trainers through their
-# own resume, which calls the same method. Anything else goes to DeepSpeed unchanged.
+# A ZeRO checkpoint holds each data-parallel rank's partition of the optimizer state (and, under
+# ZeRO-3, of the weights), cut for the number of ranks that wrote it. When Ray Train restarts the
+# group with fewer workers (``ray.min_workers``, a node lost) or more, the checkpoint is converted
+# with DeepSpeed's own ``ds_to_universal`` into per-parameter files any partitioning can load, and
+# the engine is built with ``checkpoint.load_universal``. Same world size: the checkpoint loads
+# as saved, nothing is converted. Each restarted worker converts its own copy (in its scratch
+# folder): a rare event (a lost node) that needs no coordination between workers.
 
-_ORIGINAL_LOAD = None
+_OPTIM_FILES = "*zero_pp_rank_*_mp_rank_00_optim_states.pt"  # one per data-parallel rank (bf16_ prefix too)
 
 
 def _resolve_tag(load_dir: str | Path, tag: str | None) -> str | None:
@@ -138,64 +173,71 @@ def saved_world_size(load_dir: str | Path, tag: str | None = CKPT_TAG) -> int:
     tag = _resolve_tag(load_dir, tag)
     if tag is None:
         return 0
-    return len(list(Path(load_dir, tag).glob("*zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+    return len(list(Path(load_dir, tag).glob(_OPTIM_FILES)))
 
 
-def install_elastic_loader() -> None:
-    """Wrap ``DeepSpeedEngine.load_checkpoint`` once per process (see above)."""
-    global _ORIGINAL_LOAD
-    from deepspeed.runtime.engine import DeepSpeedEngine
+def restored_world_size() -> int:
+    """Data-parallel ranks that wrote the checkpoint Ray Train restored to this worker, counted
+    from a listing of its files (nothing is downloaded); 0 without a checkpoint or without ZeRO."""
+    import fnmatch
 
-    if _ORIGINAL_LOAD is not None:
-        return
-    _ORIGINAL_LOAD = DeepSpeedEngine.load_checkpoint
+    import pyarrow.fs
+    import ray.train
 
-    def load_checkpoint(self, load_dir, tag=None, load_module_strict=True, load_optimizer_states=True,
-                        load_lr_scheduler_states=True, load_module_only=False, custom_load_fn=None):
-        optimizer = getattr(self, "optimizer", None)
-        elastic = (
-            getattr(optimizer, "elastic_checkpoint", False)
-            and hasattr(optimizer, "_restore_elastic_base_optimizer_state")
-            and load_optimizer_states and not load_module_only and custom_load_fn is None
-        )
-        if not elastic:
-            return _ORIGINAL_LOAD(self, load_dir, tag, load_module_strict, load_optimizer_states,
-                                  load_lr_scheduler_states, load_module_only, custom_load_fn)
-        return _load_elastic(self, load_dir, _resolve_tag(load_dir, tag), load_module_strict,
-                             load_lr_scheduler_states)
-
-    DeepSpeedEngine.load_checkpoint = load_checkpoint
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    infos = checkpoint.filesystem.get_file_info(pyarrow.fs.FileSelector(checkpoint.path, recursive=True))
+    ranks = {info.base_name for info in infos if fnmatch.fnmatch(info.base_name, _OPTIM_FILES)}
+    return len(ranks)
 
 
-def _load_elastic(engine, load_dir, tag, load_module_strict, load_lr_scheduler_states):
-    import logging
+def load_universal_config(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """Switch a DeepSpeed config to load universal checkpoints (set before ``initialize``)."""
+    ds_config.setdefault("checkpoint", {})["load_universal"] = True
+    return ds_config
 
-    from deepspeed.checkpoint.constants import BASE_OPTIMIZER_STATE_STEP
 
-    log = logging.getLogger("fromscratch.checkpoint")
-    saved_world = saved_world_size(load_dir, tag)
-    path, client_state = _ORIGINAL_LOAD(
-        engine, load_dir, tag, load_module_strict, False, load_lr_scheduler_states, False, None
+def prepare_resume_config(ds_config: dict[str, Any]) -> bool:
+    """Before the engine is built: if Ray Train restored a checkpoint written by another number
+    of data-parallel ranks than this group has, configure ``ds_config`` to load it as a universal
+    checkpoint (``restore_checkpoint`` and ``universal_resume_dir`` then convert it). True if so."""
+    import ray.train
+
+    saved = restored_world_size()
+    world = ray.train.get_context().get_world_size()
+    if not saved or saved == world:
+        return False
+    log.warning("checkpoint written by %d workers, resuming with %d: through a universal checkpoint", saved, world)
+    load_universal_config(ds_config)
+    return True
+
+
+def to_universal(load_dir: str | Path, tag: str, out_dir: str | Path) -> str:
+    """Convert ``<load_dir>/<tag>`` with DeepSpeed's ``ds_to_universal`` into
+    ``<out_dir>/<tag>_universal`` (and ``<out_dir>/latest_universal``); the new tag."""
+    from deepspeed.checkpoint import ds_to_universal
+
+    universal = f"{tag}_universal"
+    args = argparse.Namespace(
+        input_folder=str(Path(load_dir, tag)), output_folder=str(Path(out_dir, universal)),
+        num_extract_workers=1, num_merge_workers=1,  # in this process: a Ray worker, no forking
+        keep_temp_folder=False, strict=True, inject_missing_state=True,
     )
-    if path is None:
-        return path, client_state
-    optimizer = engine.optimizer
-    states = engine._get_all_zero_checkpoints(load_dir, tag)
-    # a torch optimizer keeps its step per parameter, not per group: DeepSpeed's merge expects
-    # the group's, so hand it a placeholder and take it out again
-    no_group_step = BASE_OPTIMIZER_STATE_STEP not in states[0]
-    if no_group_step:
-        for state in states:
-            state[BASE_OPTIMIZER_STATE_STEP] = None
-    optimizer._restore_elastic_base_optimizer_state(states)
-    if no_group_step:
-        for group in optimizer.optimizer.param_groups:
-            if group.get("step", 0) is None:
-                del group["step"]
-    optimizer._link_all_hp_params()
-    if saved_world != engine.dp_world_size:
-        log.warning(
-            "checkpoint written by %d workers, restored into %d: weights, schedule and step exact, "
-            "optimizer state re-partitioned", saved_world, engine.dp_world_size,
-        )
-    return path, client_state
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with weights_only_loads(), contextlib.redirect_stdout(io.StringIO()):
+        ds_to_universal.main(args)
+    return universal
+
+
+def universal_resume_dir(hf_checkpoint: str | Path) -> None:
+    """An HF/TRL trainer's restored checkpoint folder (its own copy): add the universal
+    conversion of its ``global_step*`` DeepSpeed folder beside it, with ``latest_universal``,
+    which the engine reads when configured by ``prepare_resume_config``."""
+    tag = _resolve_tag(hf_checkpoint, None)
+    if tag is None:
+        steps = sorted(p.name for p in Path(hf_checkpoint).glob("global_step*") if p.is_dir())
+        tag = steps[-1] if steps else None
+    if tag is None:
+        raise FileNotFoundError(f"{hf_checkpoint}: no DeepSpeed checkpoint folder (global_step*) to convert")
+    to_universal(hf_checkpoint, tag, hf_checkpoint)

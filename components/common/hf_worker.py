@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 from components.common import storage
 from components.common.config import Config, ScheduleSettings
 from components.common.deepspeed_config import build_deepspeed_config, resolve_precision
-from components.common.ds_checkpoint import write_owner
+from components.common.ds_checkpoint import prepare_resume_config, write_owner
 from components.common.metrics_sink import MetricsSink
 from components.common.progress import StepTimer
 from components.common.scratch import scratch_dir
@@ -48,7 +48,10 @@ def fetch_checkpoint(uri: str) -> Path:
 
 def common_training_args(cfg: Config, stage: ScheduleSettings, prefix: str) -> dict[str, Any]:
     """The TrainingArguments every TRL trainer here shares, from a stage's schedule settings
-    (steps, lr, warmup, checkpoint and log intervals, and its batch shape)."""
+    (steps, lr, warmup, checkpoint and log intervals, and its batch shape). Resuming into another
+    number of workers than the checkpoint's switches DeepSpeed to universal checkpoints."""
+    ds_config = build_deepspeed_config(cfg.deepspeed, stage.per_device_batch, stage.accumulation, stage.precision)
+    prepare_resume_config(ds_config)
     return {
         "output_dir": str(scratch_dir(prefix)),
         "max_steps": stage.steps,
@@ -68,9 +71,7 @@ def common_training_args(cfg: Config, stage: ScheduleSettings, prefix: str) -> d
         "dataloader_num_workers": 0,
         "gradient_checkpointing": stage.gradient_checkpointing,
         "gradient_checkpointing_kwargs": {"use_reentrant": False} if stage.gradient_checkpointing else None,
-        "deepspeed": build_deepspeed_config(
-            cfg.deepspeed, stage.per_device_batch, stage.accumulation, stage.precision
-        ),
+        "deepspeed": ds_config,
         **trainer_precision_args(cfg, stage.precision),
     }
 
@@ -162,12 +163,14 @@ def train_and_publish(
     ``extra_fn()``)."""
     from ray.train.huggingface.transformers import prepare_trainer
 
-    from components.common.ds_checkpoint import install_elastic_loader, weights_only_loads
+    from components.common.ds_checkpoint import universal_resume_dir, weights_only_loads
 
     add_pipeline_callbacks(trainer, rank, config)
     trainer = prepare_trainer(trainer)
-    install_elastic_loader()  # resuming into fewer workers after a lost node (ray.min_workers)
     resume, start_step = restored_checkpoint()
+    ds_config = trainer.args.hf_deepspeed_config.config if trainer.args.deepspeed else {}
+    if resume and ds_config.get("checkpoint", {}).get("load_universal"):
+        universal_resume_dir(resume)  # saved by another number of workers (prepare_resume_config)
     started = time.perf_counter()
     # resuming reads the checkpoint as data only (weights-only unpickling); nothing else loads then
     with weights_only_loads() if resume else contextlib.nullcontext():

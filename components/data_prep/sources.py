@@ -3,7 +3,10 @@
 A source (``data.sources``) is a file, folder, glob or ``s3://`` prefix of plain text, JSONL or
 Parquet files, each optionally ``.gz``/``.zst`` compressed, or a Hugging Face dataset read in
 streaming mode. ``plan_units`` turns the sources into ``Unit``s (one per file; one per Parquet
-row-group range; one per HF dataset), the granule data prep hands to a Ray Data worker.
+row-group range; one per byte range of an uncompressed JSONL file larger than ``unit_bytes``;
+one per HF dataset), the granule data prep hands to a Ray Data worker. Units of about equal
+size are what lets N workers finish together: a corpus of a few big files would otherwise keep
+most workers idle while one reads the largest file.
 ``iter_unit`` streams a unit's documents: text and JSONL line by line, Parquet one record batch
 of the named column at a time, so no file is ever held in memory whole.
 
@@ -14,8 +17,10 @@ Parquet file without the column.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
+import re
 import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -48,6 +53,9 @@ class Unit:
     row_groups: tuple[int, int] | None = None
     hf: tuple[str, str | None, str] | None = None  # (dataset, config, split)
     split: str | None = None
+    # [start, end) bytes of an uncompressed JSONL file: the unit holds the lines that *start*
+    # in the range (a line crossing ``end`` is read whole; the next unit skips it)
+    byte_range: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,7 +63,7 @@ class Unit:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Unit":
         data = dict(data)
-        for key in ("row_groups", "hf"):
+        for key in ("row_groups", "hf", "byte_range"):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -111,8 +119,21 @@ def _parquet_units(fs: Any, path: str, base: dict[str, Any]) -> list[Unit]:
     return [Unit(**base, row_groups=(g, min(g + step, groups))) for g in range(0, max(groups, 1), step)]
 
 
-def plan_units(sources: list[Any]) -> list[Unit]:
-    """Every unit of ``sources``, in a fixed order (sources as given, files sorted)."""
+def _byte_range_units(fs: Any, path: str, base: dict[str, Any], unit_bytes: int) -> list[Unit]:
+    """An uncompressed JSONL file cut into ranges of about ``unit_bytes`` (one document per line,
+    so any byte is a safe cut: the reader moves it to the next line start). Plain text is never
+    cut: its documents may span lines. Compressed streams cannot be entered mid-way."""
+    size = int(fs.size(path) or 0)
+    if unit_bytes <= 0 or size <= unit_bytes:
+        return [Unit(**base)]
+    parts = -(-size // unit_bytes)
+    cuts = [size * i // parts for i in range(parts + 1)]
+    return [Unit(**base, byte_range=(cuts[i], cuts[i + 1])) for i in range(parts)]
+
+
+def plan_units(sources: list[Any], unit_bytes: int = 0) -> list[Unit]:
+    """Every unit of ``sources``, in a fixed order (sources as given, files sorted); uncompressed
+    JSONL files above ``unit_bytes`` (0: never) become several byte-range units."""
     units: list[Unit] = []
     for source in sources:
         if getattr(source, "hf_dataset", None):
@@ -130,6 +151,8 @@ def plan_units(sources: list[Any]) -> list[Unit]:
                 if compression:
                     raise DataError(f"{base['name']}: Parquet compresses its own pages; do not wrap it in {compression}")
                 units.extend(_parquet_units(fs, path, base))
+            elif kind == "jsonl" and not compression:
+                units.extend(_byte_range_units(fs, path, base, unit_bytes))
             else:
                 units.append(Unit(**base))
     return units
@@ -160,17 +183,29 @@ def _decode_errors() -> tuple[type[BaseException], ...]:
 
 
 def _lines(unit: Unit) -> Iterator[tuple[int, str]]:
-    """(1-based line, text without newline) of a text/JSONL unit, decompressed on the fly."""
+    """(1-based line, text without newline) of a text/JSONL unit, decompressed on the fly.
+
+    A byte-range unit counts its lines from the start of its range (``iter_unit`` turns them
+    into the file's own line numbers if an error has to name one)."""
     fs, path = url_to_fs(unit.uri, **storage_options(unit.uri))
     lineno = 0
     try:
         with fs.open(path, "rb") as raw, _decompressed(raw, unit.compression) as fh:
+            start, end = unit.byte_range or (0, -1)
+            if start:
+                fh.seek(start - 1)
+                fh.readline()  # the rest of the line that started before the range: the last unit's
+            position = fh.tell() if unit.byte_range else 0
             for lineno, data in enumerate(fh, start=1):
+                if unit.byte_range:
+                    if position >= end:
+                        break
+                    position += len(data)
                 try:
                     line = data.decode("utf-8")
                 except UnicodeDecodeError as err:
                     raise at(unit.name, lineno, f"not valid UTF-8 text (bad byte at column {err.start + 1})") from None
-                if lineno == 1 and line.startswith("\ufeff"):
+                if lineno == 1 and not start and line.startswith("\ufeff"):
                     line = line[1:]
                 yield lineno, line.rstrip("\r\n")
     except _decode_errors() as err:
@@ -181,6 +216,38 @@ def _lines(unit: Unit) -> Iterator[tuple[int, str]]:
         raise DataError(
             f"{unit.name}:{lineno + 1}: cannot read {what} after {lineno} complete lines ({detail})"
         ) from None
+
+
+def _lines_before(unit: Unit) -> int:
+    """Lines of the file before a byte-range unit's first line (read only when an error must
+    name a line: the common path never pays for it)."""
+    fs, path = url_to_fs(unit.uri, **storage_options(unit.uri))
+    start = (unit.byte_range or (0, 0))[0]
+    if not start:
+        return 0
+    count, done = 0, 0
+    with fs.open(path, "rb") as fh:
+        while done < start - 1:
+            chunk = fh.read(min(1 << 24, start - 1 - done))
+            if not chunk:
+                break
+            count += chunk.count(b"\n")
+            done += len(chunk)
+        count += fh.readline().endswith(b"\n")  # the straddling line the range skipped
+    return count
+
+
+@contextlib.contextmanager
+def _file_line_numbers(unit: Unit) -> Iterator[None]:
+    """Inside, a ``DataError`` naming ``<unit>:<line in range>`` is re-raised naming the line of
+    the whole file, so a split file reports errors exactly as the unsplit one would."""
+    try:
+        yield
+    except DataError as err:
+        match = re.match(re.escape(unit.name) + r":(\d+): (.*)", str(err), re.S) if unit.byte_range else None
+        if not match:
+            raise
+        raise at(unit.name, _lines_before(unit) + int(match.group(1)), match.group(2)) from None
 
 
 def _parquet_docs(unit: Unit) -> Iterator[str]:
@@ -210,17 +277,22 @@ def iter_unit(unit: Unit) -> Iterator[str]:
     elif unit.kind == "parquet":
         yield from _parquet_docs(unit)
     elif unit.kind == "jsonl":
-        for lineno, record in iter_json_lines(_lines(unit), unit.name):
-            if not isinstance(record, dict):
-                raise at(unit.name, lineno, f"expected a JSON object, got {type(record).__name__}")
-            value = record.get(unit.field)
-            if not isinstance(value, str):
-                keys = ", ".join(sorted(map(str, record))) or "none"
-                raise at(unit.name, lineno, f"missing string field '{unit.field}' (fields present: {keys})")
-            if value.strip():
-                yield value
+        with _file_line_numbers(unit):
+            yield from _jsonl_docs(unit)
     else:
         yield from iter_text(_lines(unit))
+
+
+def _jsonl_docs(unit: Unit) -> Iterator[str]:
+    for lineno, record in iter_json_lines(_lines(unit), unit.name):
+        if not isinstance(record, dict):
+            raise at(unit.name, lineno, f"expected a JSON object, got {type(record).__name__}")
+        value = record.get(unit.field)
+        if not isinstance(value, str):
+            keys = ", ".join(sorted(map(str, record))) or "none"
+            raise at(unit.name, lineno, f"missing string field '{unit.field}' (fields present: {keys})")
+        if value.strip():
+            yield value
 
 
 def check_sources(sources: list[Any]) -> None:

@@ -56,7 +56,7 @@ def _corpus_units(cfg: Config, out: str) -> tuple[list[Unit], dict[str, Any] | N
     with a fixed split); user sources are planned into units that split by document hash."""
     if cfg.data.sources:
         described = ", ".join(s.uri or f"hf:{s.hf_dataset}" for s in cfg.data.sources)
-        return plan_units(cfg.data.sources), None, described
+        return plan_units(cfg.data.sources, int(cfg.data.unit_mb * 1_000_000)), None, described
     gen = cfg.data.generated
     world, train, heldout = generate_corpus(
         seed=cfg.seed,

@@ -41,6 +41,7 @@ CHANGES: tuple[tuple[str, str], ...] = (
     ("change.reason.pass_at_1", "reasoning pass@1"),
     ("change.instruct.compliance", "instruction compliance"),
     ("change.instruct.accuracy", "instruction accuracy"),
+    ("change.heldout_loss", "held-out loss, per block (lower is better)"),
 )
 
 

@@ -125,7 +125,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
     with storage.local_copy(checkpoint, "checkpoint") as local:
         tokenizer = load_tokenizer(local)
         model = load_eval_model(ev, local)
-    metrics = heldout_perplexity(model, suites.heldout, ev.batch_size)
+    metrics, block_losses = heldout_perplexity(model, suites.heldout, ev.batch_size)
     next_token, suites.previous_logprobs = heldout_next_token(
         model, suites.heldout, ev.kl_tokens, ev.batch_size, suites.previous_logprobs
     )
@@ -139,6 +139,7 @@ def evaluate_checkpoint(cfg: Config, checkpoint: str, suites: Suites) -> dict[st
     metrics.update({f"instruct.{k}": v for k, v in instruct.items()})
     # per-item verdicts, in suite order, so the next checkpoint can be compared item by item
     verdicts = {f"instruct.{k}": v for k, v in instruct_verdicts.items()}
+    verdicts["heldout_loss"] = block_losses
     out = {
         "metrics": metrics, "samples": samples, "instruction_samples": instruct_samples, "verdicts": verdicts,
         "next_token": top_next_tokens(model, tokenizer, ev.next_token_prompts, ev.next_token_top_k),

@@ -107,7 +107,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     from components.common import hf_worker, storage
     from components.common.config import Config
     from components.common.deepspeed_config import build_deepspeed_config
-    from components.common.ds_checkpoint import report_checkpoint, restore_checkpoint
+    from components.common.ds_checkpoint import prepare_resume_config, report_checkpoint, restore_checkpoint
     from components.common.logs import setup_logging
     from components.common.metrics_sink import MetricsSink
     from components.common.modeling import load_tokenizer
@@ -124,6 +124,7 @@ def ppo_train_loop(config: dict[str, Any]) -> None:
     rm_dir = hf_worker.fetch_checkpoint(config["reward_uri"])
     tokenizer = load_tokenizer(sft_dir)
     ds_config = build_deepspeed_config(cfg.deepspeed, pc.minibatch_size, 1, pc.precision)
+    prepare_resume_config(ds_config)  # another worker count than the checkpoint's: universal checkpoint
     policy = build_policy(sft_dir, ds_config, pc)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=pc.lr, betas=(0.9, 0.95), weight_decay=0.0)
     engine, _, _, _ = deepspeed.initialize(model=policy, optimizer=optimizer, config=ds_config)

@@ -144,7 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from components.common import storage
     from components.common.config import Config
-    from components.common.ds_checkpoint import report_checkpoint, restore_checkpoint
+    from components.common.ds_checkpoint import prepare_resume_config, report_checkpoint, restore_checkpoint
     from components.common.deepspeed_config import build_deepspeed_config
     from components.common.logs import setup_logging
     from components.common.metrics_sink import MetricsSink
@@ -164,6 +164,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sampler = BlockSampler(len(reader), cfg.seed, rank, world, pc.micro_batch_size, pc.grad_accum)
 
     ds_config = build_deepspeed_config(cfg.deepspeed, pc.micro_batch_size, pc.grad_accum, pc.precision)
+    universal = prepare_resume_config(ds_config)  # another worker count than the checkpoint's
     with tempfile.TemporaryDirectory() as init_dir:
         storage.download_dir(config["init_uri"], init_dir)
         with zero3_loading(ds_config):  # ZeRO-3: each rank keeps only its shard as it loads
@@ -254,7 +255,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if done % pc.checkpoint_every == 0 or done == pc.steps:
             report = dict(last) if last else {}
             report.update(
-                step=done, final=done == pc.steps, resumed_from=start_step,
+                step=done, final=done == pc.steps, resumed_from=start_step, resumed_universal=universal,
                 tokens_per_s=timed_tokens / timed_seconds if timed_seconds else 0.0,
                 train_seconds=time.perf_counter() - loop_started, **peak_gpu_memory(),
                 data_position=sampler.position, data_digest=data_digest,

@@ -211,6 +211,13 @@ class DataConfig(Strict):
         description="Data workers: Ray Data tasks (one CPU each) that scan and tokenize corpus units at "
         "once; 1 runs them in the stage's own process, without Ray.",
     )
+    unit_mb: float = Field(
+        default=16, ge=0,
+        description="Uncompressed JSONL corpus files larger than this many MB are cut into byte ranges of "
+        "about this size, each a unit of data-prep work, so a few big files still spread over every data "
+        "worker (Parquet splits by row groups; compressed and plain-text files are one unit each). "
+        "0 = one unit per file.",
+    )
     ray_min_mb: float = Field(
         default=64, ge=0,
         description="Corpora smaller than this many MB (on storage) are tokenized in the stage's own "

@@ -67,7 +67,8 @@ class GateMetric(Strict):
     champion's, item by item on the same held-out items: the paired change (candidate -
     champion) must have its 95 % interval above ``margin`` (``max``) or below ``-margin``
     (``min``). A negative margin is a tolerance ("may drop by at most ..."). The metric needs
-    per-item verdicts (reason.pass_at_1, reason.pass_at_k, instruct.compliance, instruct.accuracy)."""
+    per-item values (reason.pass_at_1, reason.pass_at_k, instruct.compliance, instruct.accuracy, and
+    heldout_loss: each held-out block's mean loss, with direction ``min``)."""
 
     name: str = Field(description="Metric key with per-item verdicts in the evaluation results (e.g. reason.pass_at_1).")
     direction: Literal["max", "min"] = Field(default="max", description="max: higher is better; min: lower.")

@@ -83,11 +83,7 @@ class DeepSpeedConfig(Strict):
         description="ZeRO-3: parameters with fewer elements stay whole on every rank; unset: DeepSpeed's "
         "default (1e5). The rehearsal sets 0 so a tiny model is really partitioned.",
     )
-    elastic_checkpoint: bool | None = Field(
-        default=None,
-        description="ZeRO-1/2 checkpoints that load into another worker count. Unset: on exactly "
-        "when ray.min_workers allows a smaller worker group (elastic training).",
-    )
+
 
 
 class PipelineConfig(Strict):

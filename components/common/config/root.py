@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError
 
 from components.common.config.base import ConfigError, Strict
 from components.common.config.data import DataConfig
@@ -40,20 +40,6 @@ class Config(Strict):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
-
-    @model_validator(mode="after")
-    def _elastic_checkpoints(self) -> "Config":
-        elastic = self.ray.min_workers is not None and self.ray.min_workers < self.ray.num_workers
-        if self.deepspeed.elastic_checkpoint is None:
-            self.deepspeed.elastic_checkpoint = elastic
-        elif elastic and not self.deepspeed.elastic_checkpoint and self.deepspeed.zero_stage in (1, 2):
-            raise ValueError(
-                "ray.min_workers < ray.num_workers needs deepspeed.elastic_checkpoint (ZeRO-1/2 state "
-                "must load into fewer workers)"
-            )
-        if elastic and self.deepspeed.zero_stage == 3:
-            raise ValueError("ray.min_workers (elastic training) supports deepspeed.zero_stage 0-2, not 3")
-        return self
 
     def to_json(self) -> str:
         return self.model_dump_json()
