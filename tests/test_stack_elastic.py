@@ -160,3 +160,27 @@ def test_two_worker_checkpoint_resumes_in_one_and_two_through_universal_checkpoi
         # the ranks' partitions of the Adam state add up to what was saved, whatever the split
         assert sum(r["moments"] for r in results) == pytest.approx(saved_moments, rel=1e-5)
         assert max(r["next_diff"] for r in results) <= tolerance, results
+
+
+def test_trainer_callback_unties_the_shared_adam_step_inside_wrappers():
+    """The HF/TRL stages resume through the trainer's own DeepSpeed load; the callback reaches
+    the torch optimizer through the wrappers (accelerate's, DeepSpeed's) and gives each
+    parameter state its own step, so one group's step no longer advances another's."""
+    from types import SimpleNamespace
+
+    from components.common.hf_worker import UntieStepsAfterUniversalLoad
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    params = list(model.parameters())
+    adam = torch.optim.AdamW([{"params": params[:2]}, {"params": params[2:], "weight_decay": 0.0}])
+    model(torch.randn(2, 4)).sum().backward()
+    adam.step()
+    shared = torch.tensor(3.0)
+    for state in adam.state.values():
+        state["step"] = shared  # what DeepSpeed's ZeRO-3 universal load leaves
+    wrapped = SimpleNamespace(optimizer=SimpleNamespace(optimizer=adam))
+    UntieStepsAfterUniversalLoad().on_train_begin(None, None, None, optimizer=wrapped)
+    steps = [state["step"] for state in adam.state.values()]
+    assert len({id(s) for s in steps}) == len(steps) and all(float(s) == 3.0 for s in steps)
+    adam.step()
+    assert all(float(state["step"]) == 4.0 for state in adam.state.values())

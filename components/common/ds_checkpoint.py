@@ -80,17 +80,27 @@ def load_engine_checkpoint(engine, ckpt_dir: str | Path, tag: str = CKPT_TAG) ->
     correction runs ahead): each state gets its own copy."""
     groups = engine.optimizer.optimizer.param_groups if engine.load_universal_checkpoint() else []
     configured = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in groups]
-    import torch
-
     with weights_only_loads():
         _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     for group, settings in zip(engine.optimizer.optimizer.param_groups if groups else [], configured):
         group.update(settings)
     if groups:
-        for state in engine.optimizer.optimizer.state.values():
-            if isinstance(state.get("step"), torch.Tensor):
-                state["step"] = state["step"].clone()
+        untie_step_tensors(engine.optimizer)
     return dict(client_state or {})
+
+
+def untie_step_tensors(optimizer: Any) -> None:
+    """Give every parameter state of the torch optimizer inside ``optimizer`` (DeepSpeed's ZeRO
+    optimizer, or accelerate's wrapper around it) its own ``step`` tensor, after a universal load
+    handed them one shared tensor (see ``load_engine_checkpoint``)."""
+    import torch
+
+    inner = optimizer
+    while getattr(inner, "optimizer", None) is not None:
+        inner = inner.optimizer
+    for state in inner.state.values():
+        if isinstance(state.get("step"), torch.Tensor):
+            state["step"] = state["step"].clone()
 
 
 # ---- resume reads data, never code -------------------------------------------------------------

@@ -138,6 +138,18 @@ class CheckpointOwnerCallback(TrainerCallback):
             write_owner(folder, self.rank, state.global_step)
 
 
+class UntieStepsAfterUniversalLoad(TrainerCallback):
+    """The trainer loads its DeepSpeed checkpoint itself, before training begins; after a
+    universal load every parameter group's Adam state shares one ``step`` tensor, which each
+    group would advance (``ds_checkpoint.untie_step_tensors``)."""
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        from components.common.ds_checkpoint import untie_step_tensors
+
+        if optimizer is not None:
+            untie_step_tensors(optimizer)
+
+
 def add_pipeline_callbacks(trainer, rank: int, config: dict[str, Any]) -> None:
     """MLflow logging, checkpoint ownership, then Ray Train reporting (order matters)."""
     from ray.train.huggingface.transformers import RayTrainReportCallback
@@ -171,6 +183,7 @@ def train_and_publish(
     ds_config = trainer.args.hf_deepspeed_config.config if trainer.args.deepspeed else {}
     if resume and ds_config.get("checkpoint", {}).get("load_universal"):
         universal_resume_dir(resume)  # saved by another number of workers (prepare_resume_config)
+        trainer.add_callback(UntieStepsAfterUniversalLoad())
     started = time.perf_counter()
     # resuming reads the checkpoint as data only (weights-only unpickling); nothing else loads then
     with weights_only_loads() if resume else contextlib.nullcontext():
