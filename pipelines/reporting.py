@@ -54,10 +54,26 @@ def logged_results(tracker: Tracker, mlflow_run_id: str) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
 
 
+def logged_data_notes(tracker: Tracker, mlflow_run_id: str) -> list[str]:
+    """The card's Data section the evaluate stage logged (none for runs from before it did)."""
+    from components.evaluate.benchmarks import DATA_NOTES_ARTIFACT
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = tracker.client.download_artifacts(mlflow_run_id, DATA_NOTES_ARTIFACT, tmp)
+        except Exception:  # noqa: BLE001 - MLflow raises several types for a missing file
+            return []
+        return list(json.loads(Path(path).read_text()))
+
+
 def rebuild_report_card(tracker: Tracker, run_id: str) -> ReportCard:
-    """The report card of ``run_id`` from MLflow: results, curves and promotion decision."""
+    """The report card of ``run_id`` from MLflow: results, curves, promotion decision and the
+    data notes."""
     run = evaluate_run(tracker, run_id)
     results = logged_results(tracker, run.info.run_id)
+    notes = logged_data_notes(tracker, run.info.run_id)
+    if notes:
+        results = {**results, "data_notes": notes}
     curves = stage_curves(tracker.client, tracker.experiment_id, run_id)
     return build_report_card(results, curves, decision_from_tags(run.data.tags), run_id)
 

@@ -253,6 +253,8 @@ def test_cli_report_rebuilds_the_card_from_mlflow_alone(store, tmp_path, capsys)
     cfg, tracker = store
     ids = log_fake_run(tracker, "r2", {"pretrain": {"train_loss": FAKE_CURVES["pretrain"]["train_loss"]}})
     tracker.log_text(ids["evaluate"], json.dumps(fake_results(), indent=2), "results.json")
+    notes = ["SFT data: the preference prompts with their chosen replies (data.instructions.fallback=chosen_replies)"]
+    tracker.log_text(ids["evaluate"], json.dumps(notes), "data_notes.json")
     record_decision(tracker.client, ids["evaluate"], {
         "promoted": True, "model_name": "fromscratch", "alias": "champion", "version": "1",
         "reason": "first candidate: no 'champion' yet", "checks": [],
@@ -264,6 +266,7 @@ def test_cli_report_rebuilds_the_card_from_mlflow_alone(store, tmp_path, capsys)
     md = (out / "report.md").read_text()
     assert "Promoted: fromscratch v1 is now 'champion'" in md
     assert "| metric | key | init | pretrain | sft | ppo | rlvr |" in md
+    assert "## Data" in md and notes[0] in md  # the Data section comes back too
     assert (out / "curves-loss.png").read_bytes().startswith(PNG)
 
     assert main(["report", "no-such-run", "--set", f"storage.root={cfg.storage.root}"]) == 1

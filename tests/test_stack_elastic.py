@@ -139,7 +139,7 @@ def _spawn(body, world: int, folder: str, zero: int, precision: str) -> None:
                        start_method="spawn")
 
 
-@pytest.mark.parametrize("zero,precision", [(1, "fp32"), (3, "fp32"), (3, "bf16")])
+@pytest.mark.parametrize("zero,precision", [(1, "fp32"), (3, "fp32"), pytest.param(3, "bf16", marks=pytest.mark.slow)])
 def test_two_worker_checkpoint_resumes_in_one_and_two_through_universal_checkpoint(tmp_path, zero, precision):
     from components.common.ds_checkpoint import saved_world_size
 

@@ -383,6 +383,9 @@ def benchmark_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+DATA_NOTES_ARTIFACT = "data_notes.json"  # the card's Data section, logged on the evaluate run
+
+
 def data_notes(manifest: dict[str, Any]) -> list[str]:
     """What the report card says about the data: each stage's source (a fallback named as
     such) and the records the loaders left out, with the first few by file:line."""

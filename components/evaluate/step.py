@@ -35,7 +35,7 @@ from components.data_prep.preferences import PreferencePair
 from components.data_prep.preferences import from_record as pair_from_record
 from components.evaluate.instruct import score_instructions
 from components.evaluate.copying import in_context_copying
-from components.evaluate.benchmarks import data_notes, prepare_for_run, run_benchmarks
+from components.evaluate.benchmarks import DATA_NOTES_ARTIFACT, data_notes, prepare_for_run, run_benchmarks
 from components.evaluate.intervals import change_metrics
 from components.evaluate.perplexity import heldout_perplexity
 from components.evaluate.preference import preference_metrics, reply_logprobs, reward_model_metrics, sample_replies
@@ -275,7 +275,9 @@ def run_evaluate(
         curves = stage_curves(ctx.tracker.client, ctx.tracker.experiment_id, run_id)
         # the data notes (sources, fallbacks, skipped records) go on the card only: ``results``
         # maps checkpoints to their metrics, and its readers rely on that
-        card = build_report_card({**results, "data_notes": data_notes(manifest)}, curves, promotion, run_id)
+        notes = data_notes(manifest)
+        ctx.tracker.log_text(ctx.mlflow_run_id, json.dumps(notes, indent=2), DATA_NOTES_ARTIFACT)  # for `fromscratch report`
+        card = build_report_card({**results, "data_notes": notes}, curves, promotion, run_id)
         paths = publish_report_card(card, out, ctx.tracker.client, ctx.mlflow_run_id)
         return {
             "results": results, "markdown": card.markdown, "html": card.html, "eval_uri": out,
