@@ -89,7 +89,9 @@ def test_shards_identical_with_one_or_two_data_workers(make_config, local_ray, t
     corpus = _corpus(tmp_path / "c")
     out = {}
     for workers in (1, 2):
-        cfg = _cfg(make_config, corpus, f"data.workers={workers}", "model.max_seq_len=32", "data.ray_min_mb=0")
+        # 4 KB byte-range units: the two JSONL files are cut into several units each
+        cfg = _cfg(make_config, corpus, f"data.workers={workers}", "model.max_seq_len=32", "data.ray_min_mb=0",
+                   "data.unit_mb=0.004")
         manifest = run_data_prep(cfg, f"w{workers}")
         assert manifest["corpus"]["ray_data"] is (workers == 2)
         files = {}
@@ -103,6 +105,7 @@ def test_shards_identical_with_one_or_two_data_workers(make_config, local_ray, t
     assert len(out[1][0]) >= 6 and out[1][0] == out[2][0]
     assert out[1][1] == {k: {**v, "uri": out[1][1][k]["uri"]} for k, v in out[2][1].items()}
     corpus_stats = out[2][2]
+    assert corpus_stats["units"] > 7  # 5 files, the two plain JSONL ones in several ranges
     assert corpus_stats["documents"] == 750 and corpus_stats["duplicates_dropped"] == 10
     assert corpus_stats["train_documents"] + corpus_stats["heldout_documents"] == 740
     assert 0 < corpus_stats["heldout_documents"] < 150

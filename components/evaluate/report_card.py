@@ -187,11 +187,11 @@ def card_blocks(
     if NEXT_TOKEN_PLOT in plots:
         blocks += [Heading("The next-token picture"), Para(NEXT_TOKEN_TEXT),
                    Image(NEXT_TOKEN_PLOT, "top next-token probabilities per checkpoint")]
-    blocks += benchmark_blocks(results)
     changes = change_keys(results)
     if changes:
         blocks += [
-            Para("What each stage bought: the change from the stage before, item by item on the same held-out "
+            Heading("What each stage bought"),
+            Para("The change from the stage before, item by item on the same held-out "
                  "prompts, with a paired 95 % interval in brackets. An interval that excludes 0 is a real change, "
                  "not noise."),
             TableBlock(metric_table(results, changes), "metrics"),
@@ -212,6 +212,7 @@ def card_blocks(
     votes = results.get("reward_model", {}).get("votes")
     if votes:
         blocks.append(Para(votes_sentence(votes, rm)))
+    blocks += benchmark_blocks(results)  # standard benchmarks, then the Data section
     blocks.append(Heading("Training curves"))
     curves = [name for name in plots if name != NEXT_TOKEN_PLOT]
     if curves:
