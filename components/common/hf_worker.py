@@ -181,7 +181,8 @@ def train_and_publish(
     trainer = prepare_trainer(trainer)
     resume, start_step = restored_checkpoint()
     ds_config = trainer.args.hf_deepspeed_config.config if trainer.args.deepspeed else {}
-    if resume and ds_config.get("checkpoint", {}).get("load_universal"):
+    universal = bool(resume and ds_config.get("checkpoint", {}).get("load_universal"))
+    if universal:
         universal_resume_dir(resume)  # saved by another number of workers (prepare_resume_config)
         trainer.add_callback(UntieStepsAfterUniversalLoad())
     started = time.perf_counter()
@@ -193,6 +194,7 @@ def train_and_publish(
         "train_loss": float(result.training_loss),
         "step": trainer.state.global_step,
         "resumed_from": start_step,
+        "resumed_universal": universal,
         "train_samples_per_second": float(result.metrics.get("train_samples_per_second", 0.0)),
         **peak_gpu_memory(),
         **(extra or {}),
