@@ -199,6 +199,52 @@ def iter_text_records(uri: str, fmt: str = "auto", field: str = "text") -> Itera
             yield from iter_text(lines)
 
 
+def hf_label(name: str, config: str | None, split: str) -> str:
+    """How messages name a Hugging Face dataset split."""
+    return f"hf dataset '{name}'" + (f" config '{config}'" if config else "") + f" split '{split}'"
+
+
+def _hf_split_names(name: str, config: str | None) -> list[str]:
+    try:
+        from datasets import get_dataset_split_names
+
+        return list(get_dataset_split_names(name, config))
+    except Exception:  # noqa: BLE001 - only a hint for the message
+        return []
+
+
+def iter_hf_rows(name: str, config: str | None, split: str, streaming: bool = True) -> Iterator[tuple[int, Any]]:
+    """(index, row) of a Hugging Face dataset split (a hub id, or a local folder in the hub's
+    layout), streamed by default. Failures are a ``DataError`` naming dataset, split and row; an
+    unknown split also names the splits the dataset has. Shared by the corpus reader and the
+    recipe reader."""
+    label = hf_label(name, config, split)
+    try:
+        from datasets import load_dataset
+    except ImportError as err:  # pragma: no cover - datasets is a declared dependency
+        raise DataError(f"{label}: the 'datasets' package is not installed") from err
+    try:
+        rows = iter(load_dataset(name, config, split=split, streaming=streaming))
+    except Exception as err:  # the hub, the cache and the builders raise many types
+        text = str(err)
+        if "split" in text.lower() and split in text:
+            known = _hf_split_names(name, config)
+            raise DataError(
+                f"{label}: unknown split '{split}'" + (f" (the dataset has: {', '.join(known)})" if known else f" ({text})")
+            ) from err
+        raise DataError(f"{label}: cannot load ({type(err).__name__}: {text})") from err
+    index = 0
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as err:  # a column whose type changes between shards, a bad file
+            raise DataError(f"{label} row {index}: cannot read ({type(err).__name__}: {err})") from err
+        yield index, row
+        index += 1
+
+
 def iter_hf_dataset(name: str, config: str | None, split: str, field: str) -> Iterator[str]:
     """The ``field`` strings of a Hugging Face dataset, streamed (nothing is downloaded whole).
 
@@ -206,37 +252,16 @@ def iter_hf_dataset(name: str, config: str | None, split: str, field: str) -> It
     wikitext use empty rows as paragraph breaks, and refusing them would make those corpora
     unusable. A missing or non-string field is a ``DataError`` naming the record index.
     """
-    label = f"hf dataset '{name}'" + (f" config '{config}'" if config else "")
-    label += f" split '{split}'"
-    try:
-        from datasets import load_dataset
-    except ImportError as err:  # pragma: no cover - datasets is a declared dependency
-        raise DataError(f"{label}: the 'datasets' package is not installed") from err
-    try:
-        dataset = load_dataset(name, config, split=split, streaming=True)
-        records = iter(dataset)
-    except Exception as err:  # the hub, the cache and the builders raise many types
-        raise DataError(f"{label}: cannot load ({type(err).__name__}: {err})") from err
-    index = 0
-    while True:
-        try:
-            record = next(records)
-        except StopIteration:
-            return
-        except Exception as err:
-            raise DataError(
-                f"{label}: failed while reading record {index} ({type(err).__name__}: {err})"
-            ) from err
+    label = hf_label(name, config, split)
+    for index, record in iter_hf_rows(name, config, split):
 
         def error(msg: str, i: int = index) -> DataError:
             return DataError(f"{label}: record {i}: {msg}")
 
         value = record.get(field) if isinstance(record, dict) else None
         if isinstance(value, str) and not value.strip():
-            index += 1
             continue
         yield field_of(record, field, error)
-        index += 1
 
 
 def load_each_source(uris: list[str], load_file: Callable[[str], list[T]], what: str) -> list[T]:

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 from components.common.config.data import DatasetRecipe
 from components.common.errors import DataError
 from components.data_prep.json_records import iter_records
-from components.data_prep.loaders import resolve_files_where
+from components.data_prep.loaders import display_name, hf_label, iter_hf_rows, resolve_files_where
 
 log = logging.getLogger(__name__)
 
@@ -70,18 +70,10 @@ def describe(source: str | DatasetRecipe) -> str:
 
 
 def _hf_label(recipe: DatasetRecipe) -> str:
-    label = f"hf dataset '{recipe.hf_dataset}'"
-    if recipe.hf_config:
-        label += f" config '{recipe.hf_config}'"
-    return label + f" split '{recipe.split}'"
+    return hf_label(recipe.hf_dataset or "", recipe.hf_config, recipe.split)
 
 
 # -- files ----------------------------------------------------------------------------------
-def _display(fs: Any, path: str) -> str:
-    protocols = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
-    return path if ("file" in protocols or "local" in protocols) else fs.unstrip_protocol(path)
-
-
 def _base_name(path: str) -> str:
     """The name without its compression suffix: ``a.jsonl.gz`` -> ``a.jsonl``."""
     lower = path.lower()
@@ -170,7 +162,7 @@ def iter_file_records(uri: str) -> Iterator[Record]:
     """Every record under ``uri``; a file without records is an error naming it."""
     fs, files = resolve_files(uri)
     for path in files:
-        name = _display(fs, path)
+        name = display_name(fs, path)
         reader = _iter_parquet if _base_name(path).endswith(".parquet") else _iter_json_file
         count = 0
         for record in reader(fs, path, name):
@@ -181,43 +173,14 @@ def iter_file_records(uri: str) -> Iterator[Record]:
 
 
 # -- the hub ----------------------------------------------------------------------------------
-def _split_names(recipe: DatasetRecipe) -> list[str]:
-    try:
-        from datasets import get_dataset_split_names
-
-        return list(get_dataset_split_names(recipe.hf_dataset, recipe.hf_config))
-    except Exception:
-        return []
-
-
 def iter_hf_records(recipe: DatasetRecipe) -> Iterator[Record]:
     """The rows of a Hugging Face dataset (a hub id, or a local folder in the hub's layout)."""
-    from datasets import load_dataset
-
     label = _hf_label(recipe)
-    try:
-        dataset = load_dataset(recipe.hf_dataset, recipe.hf_config, split=recipe.split, streaming=recipe.streaming)
-        rows = iter(dataset)
-    except Exception as err:  # the hub, the cache and the builders raise many types
-        text = str(err)
-        if "split" in text.lower() and recipe.split in text:
-            known = _split_names(recipe)
-            raise DataError(
-                f"{label}: unknown split '{recipe.split}'"
-                + (f" (the dataset has: {', '.join(known)})" if known else f" ({text})")
-            ) from err
-        raise DataError(f"{label}: cannot load ({type(err).__name__}: {text})") from err
-    index = 0
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            break
-        except Exception as err:  # a column whose type changes between shards, a bad file
-            raise DataError(f"{label} row {index}: cannot read ({type(err).__name__}: {err})") from err
+    count = 0
+    for index, row in iter_hf_rows(recipe.hf_dataset or "", recipe.hf_config, recipe.split, recipe.streaming):
+        count += 1
         yield Record(f"{label} row {index}", f"{recipe.hf_dataset}:{recipe.split}:{index}", row)
-        index += 1
-    if not index:
+    if not count:
         raise DataError(f"{label}: has no records")
 
 
