@@ -9,7 +9,13 @@ from __future__ import annotations
 
 
 class DataError(ValueError):
-    """Bad input data; the message names the file and line."""
+    """Bad input data; the message names the file and line. Built by ``at``, it also keeps them
+    apart (``source``, ``line``, ``detail``), so a reader that counts lines from somewhere other
+    than the file's start can re-issue it with the file's own line number."""
+
+    source: str | None = None
+    line: int | None = None
+    detail: str | None = None
 
 
 def at(uri: str, line: int | None, msg: str) -> DataError:
@@ -19,4 +25,6 @@ def at(uri: str, line: int | None, msg: str) -> DataError:
     location, so a user can jump straight to the broken record in a large corpus.
     """
     where = f"{uri}:{line}" if line is not None else uri
-    return DataError(f"{where}: {msg}")
+    err = DataError(f"{where}: {msg}")
+    err.source, err.line, err.detail = uri, line, msg
+    return err

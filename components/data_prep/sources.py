@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
-import re
 import zlib
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator
@@ -213,9 +212,7 @@ def _lines(unit: Unit) -> Iterator[tuple[int, str]]:
         detail = f"{type(err).__name__}: {err}"
         if unit.compression == "zstd" and "unknown frame descriptor" in str(err).lower():
             detail = "not zstd-compressed (bad magic number)"
-        raise DataError(
-            f"{unit.name}:{lineno + 1}: cannot read {what} after {lineno} complete lines ({detail})"
-        ) from None
+        raise at(unit.name, lineno + 1, f"cannot read {what} after {lineno} complete lines ({detail})") from None
 
 
 def _lines_before(unit: Unit) -> int:
@@ -244,10 +241,9 @@ def _file_line_numbers(unit: Unit) -> Iterator[None]:
     try:
         yield
     except DataError as err:
-        match = re.match(re.escape(unit.name) + r":(\d+): (.*)", str(err), re.S) if unit.byte_range else None
-        if not match:
+        if not unit.byte_range or err.source != unit.name or err.line is None or err.detail is None:
             raise
-        raise at(unit.name, _lines_before(unit) + int(match.group(1)), match.group(2)) from None
+        raise at(unit.name, _lines_before(unit) + err.line, err.detail) from None
 
 
 def _parquet_docs(unit: Unit) -> Iterator[str]:
