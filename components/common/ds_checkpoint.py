@@ -78,13 +78,14 @@ def load_engine_checkpoint(engine, ckpt_dir: str | Path, tag: str = CKPT_TAG) ->
     schedule owns, is left as loaded. The same load hands one ``step`` tensor to every group's
     state, which torch's AdamW then advances once per group at every step (a later group's bias
     correction runs ahead): each state gets its own copy."""
-    groups = engine.optimizer.optimizer.param_groups if engine.load_universal_checkpoint() else []
-    configured = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")} for g in groups]
+    universal = engine.load_universal_checkpoint()  # only ZeRO engines load universal checkpoints
+    configured = [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+                  for g in engine.optimizer.optimizer.param_groups] if universal else []
     with weights_only_loads():
         _, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-    for group, settings in zip(engine.optimizer.optimizer.param_groups if groups else [], configured):
-        group.update(settings)
-    if groups:
+    if universal:
+        for group, settings in zip(engine.optimizer.optimizer.param_groups, configured):
+            group.update(settings)
         untie_step_tensors(engine.optimizer)
     return dict(client_state or {})
 
